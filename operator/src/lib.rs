@@ -1,0 +1,17 @@
+//! appserver-operator: deploys app servers and sizes their workers and threads.
+//!
+//! Functional core: [`api`], [`sizing`], [`profile`], [`plan`], [`desired`], [`report`] are pure.
+//! Imperative shell: [`controller`], [`http`], [`telemetry`] and the binary.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod desired;
+pub mod http;
+pub mod offline;
+pub mod plan;
+pub mod profile;
+pub mod report;
+pub mod sizing;
+pub mod telemetry;

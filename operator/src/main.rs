@@ -1,0 +1,73 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use appserver_operator::cli::{Cli, Command, Output, RunArgs};
+use appserver_operator::{controller, crd, http, offline, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => crd::yaml()
+            .context("rendering the CRD")
+            .map(|y| print!("{y}")),
+        Command::Size(args) => size(&args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn size(args: &appserver_operator::cli::SizeArgs) -> anyhow::Result<()> {
+    let report = offline::size_report(args)
+        .context("sizing with --cpu and --memory as the container's limits")?;
+    match args.output {
+        Output::Text => emit(&offline::render_text(&report)),
+        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (kubeconfig or in-cluster service account)")?;
+        let version = client.apiserver_version().await.context("asking the API server for its version")?;
+        tracing::info!(apiserver = %version.git_version, "connected");
+        let metrics = Arc::new(telemetry::Metrics::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let probes = http::Probes { metrics: metrics.clone(), ready: ready.clone() };
+        let server = http::serve(args.metrics_addr, probes);
+        tokio::select! {
+            served = server => served.with_context(|| format!("serving metrics on {}", args.metrics_addr))?,
+            () = controller::run(client, metrics, ready) => tracing::info!("controller stopped"),
+        }
+        Ok(())
+    })
+}
