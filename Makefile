@@ -3,13 +3,27 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test unit lint crd build
+.PHONY: run down test unit e2e lint crd build
 
-## Every test: unit, property and mocked-API tests.
-test:
-	$(CARGO) test --workspace --all-targets
+## The operator on a local cluster with a sample AppServer; Ctrl-C tears it down.
+run:
+	e2e/demo.sh
 
-unit: test
+## Tears down what `make run` started (from another terminal).
+down:
+	-kill $$(cat $${TMPDIR:-/tmp}/appserver-demo/pids/operator 2>/dev/null) 2>/dev/null
+	E2E_STATE_DIR=$${TMPDIR:-/tmp}/appserver-demo e2e/cluster.sh down
+
+## Every test: unit, property and mocked-API tests, then the end-to-end suite.
+test: unit e2e
+
+## Unit, property and mocked-API tests (no cluster).
+unit:
+	$(CARGO) test --workspace --exclude appserver-e2e --all-targets
+
+## The end-to-end suite on a local control plane (builds it on first use).
+e2e:
+	e2e/run-tests.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
