@@ -10,9 +10,14 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-/// Each sample, the node shape it is pinned to, and what it must be sized to there.
-/// (file, shape, env var → value)
-const SAMPLES: &[(&str, &str, &[(&str, &str)])] = &[
+/// A sample, the node shape it is pinned to, and the env vars it must get there.
+type Expectation = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const SAMPLES: &[Expectation] = &[
     // limits 1 CPU / 1 GiB: (2×1)+1 = 3 workers, memory allows 3.
     (
         "gunicorn.yaml",
