@@ -22,7 +22,8 @@ teardown() {
   [[ -n $operator_pid ]] && kill "$operator_pid" 2>/dev/null
   "$E2E_DIR/cluster.sh" down || true
 }
-trap teardown INT TERM EXIT
+trap teardown EXIT
+trap 'teardown; exit 0' INT TERM  # a deliberate stop is not a failure
 
 kubectl apply --server-side -f "$REPO/crds/" >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/appservers.appserver.dev >/dev/null
