@@ -368,3 +368,50 @@ fn merged_removes_nulls_and_merges_objects() {
         json!({"b": {"c": 9, "d": 3}})
     );
 }
+
+#[tokio::test]
+async fn the_oom_helper_marks_a_pod_oom_killed() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "oom").await;
+    let apps = ns.api::<AppServer>();
+    apply(&apps, gunicorn("api", "1")).await.unwrap();
+    ready(&apps, "api").await;
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    let pod = pods
+        .list(&ListParams::default().labels("appserver.dev/name=api"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let name = kube::ResourceExt::name_any(&pod);
+    let script = repo().join("e2e/cluster.sh");
+    let out = tokio::process::Command::new(&script)
+        .args(["oom", &ns.name, &name])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster.sh oom: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = pods
+        .get(&name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .remove(0);
+    assert_eq!(status.restart_count, 1);
+    let terminated = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!(
+        (terminated.reason.as_deref(), terminated.exit_code),
+        (Some("OOMKilled"), 137)
+    );
+    ns.delete().await;
+}
