@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use appserver_operator::api::AppServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 /// How long a test waits for the cluster to converge before it fails.
@@ -204,9 +204,4 @@ pub async fn kubectl(args: &[&str], stdin: &str) -> std::process::Output {
             .expect("writing to kubectl");
     }
     child.wait_with_output().await.expect("kubectl ran")
-}
-
-/// The names of objects in a list, for messages.
-pub fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {
-    items.iter().map(|o| o.name_any()).collect()
 }

@@ -162,21 +162,28 @@ async fn reconcile_inner(guard: &Guarded, ctx: &Context, key: &str) -> Result<Ac
     // Validate and size (pure).
     let planned = plan(&aps.spec, &nodes);
     // Apply, only a valid plan: a bad spec leaves the running Deployment as it was.
-    let deployment = match &planned {
-        Ok(p) => Some(apply(ctx, aps, &namespace, p).await?),
+    let applied;
+    let outcome = match &planned {
+        Ok(plan) => {
+            applied = apply(ctx, aps, &namespace, plan).await?;
+            Outcome::Applied {
+                plan,
+                deployment: &applied,
+            }
+        }
         Err(e) => {
             info!(reason = e.reason(), "not applying: {e}");
-            None
+            Outcome::Refused(e)
         }
     };
     // Report.
-    let outcome = Outcome {
-        generation: aps.metadata.generation,
-        plan: planned.as_ref(),
-        deployment: deployment.as_ref(),
-    };
     let old = aps.status.as_ref();
-    let new = report::status(old, &outcome, &Time(Timestamp::now()));
+    let new = report::status(
+        old,
+        aps.metadata.generation,
+        &outcome,
+        &Time(Timestamp::now()),
+    );
     if old != Some(&new) {
         write_status(ctx, aps, &namespace, &new).await?;
     }

@@ -23,41 +23,40 @@ pub struct Notice {
 }
 
 /// What one reconcile produced.
-pub struct Outcome<'a> {
-    pub generation: Option<i64>,
-    pub plan: Result<&'a Plan, &'a PlanError>,
-    /// The Deployment as the API server returned it after apply; `None` when nothing was applied.
-    pub deployment: Option<&'a Deployment>,
+pub enum Outcome<'a> {
+    /// The plan was applied; the Deployment is as the API server returned it.
+    Applied {
+        plan: &'a Plan,
+        deployment: &'a Deployment,
+    },
+    /// The spec could not be planned, so nothing was applied.
+    Refused(&'a PlanError),
 }
 
 /// The new status: conditions merged with the old ones, numbers from the plan (kept from the
 /// old status when the plan failed, since the running pods still have them).
-pub fn status(old: Option<&AppServerStatus>, outcome: &Outcome<'_>, now: &Time) -> AppServerStatus {
+pub fn status(
+    old: Option<&AppServerStatus>,
+    generation: Option<i64>,
+    outcome: &Outcome<'_>,
+    now: &Time,
+) -> AppServerStatus {
     let old_default = AppServerStatus::default();
     let old = old.unwrap_or(&old_default);
-    let rollout = outcome.deployment.map(Rollout::of);
-    let generation = outcome.generation;
     let mut next = AppServerStatus {
         observed_generation: generation,
-        ready_replicas: rollout.as_ref().map(|r| r.ready).or(old.ready_replicas),
         ..old.clone()
     };
-    let (ready, progressing, degraded) = match (outcome.plan, &rollout) {
-        (Err(e), _) => {
+    let (ready, progressing, degraded) = match outcome {
+        Outcome::Refused(e) => {
             let (r, m) = (e.reason(), e.to_string());
             ((false, r, m.clone()), (false, r, m.clone()), (true, r, m))
         }
-        (Ok(_), None) => {
-            let m = "the Deployment has not been applied yet".to_string();
-            (
-                (false, "Pending", m.clone()),
-                (true, "Pending", m),
-                (false, "AsExpected", String::new()),
-            )
-        }
-        (Ok(plan), Some(r)) => {
+        Outcome::Applied { plan, deployment } => {
+            let rollout = Rollout::of(deployment);
+            next.ready_replicas = Some(rollout.ready);
             apply_plan(&mut next, plan);
-            conditions_of_rollout(r, &next)
+            conditions_of_rollout(&rollout, &next)
         }
     };
     next.conditions = vec![
@@ -292,10 +291,10 @@ mod tests {
         let d = deployment(2, 2, 2);
         let s = status(
             None,
-            &Outcome {
-                generation: Some(4),
-                plan: Ok(&p),
-                deployment: Some(&d),
+            Some(4),
+            &Outcome::Applied {
+                plan: &p,
+                deployment: &d,
             },
             &t(10),
         );
@@ -319,10 +318,10 @@ mod tests {
         let d = deployment(3, 1, 1);
         let s = status(
             None,
-            &Outcome {
-                generation: Some(1),
-                plan: Ok(&p),
-                deployment: Some(&d),
+            Some(1),
+            &Outcome::Applied {
+                plan: &p,
+                deployment: &d,
             },
             &t(10),
         );
@@ -342,25 +341,17 @@ mod tests {
         let d = deployment(1, 1, 1);
         let before = status(
             None,
-            &Outcome {
-                generation: Some(1),
-                plan: Ok(&p),
-                deployment: Some(&d),
+            Some(1),
+            &Outcome::Applied {
+                plan: &p,
+                deployment: &d,
             },
             &t(10),
         );
         let mut bad = spec();
         bad.memory.per_worker_mib = 4096;
         let err = plan(&bad, &[]).unwrap_err();
-        let s = status(
-            Some(&before),
-            &Outcome {
-                generation: Some(2),
-                plan: Err(&err),
-                deployment: None,
-            },
-            &t(20),
-        );
+        let s = status(Some(&before), Some(2), &Outcome::Refused(&err), &t(20));
         assert_eq!(
             (
                 cond(&s, DEGRADED).status.as_str(),
@@ -378,27 +369,23 @@ mod tests {
     fn transition_time_moves_only_with_status() {
         let p = plan(&spec(), &[]).unwrap();
         let d = deployment(1, 1, 1);
-        let o = Outcome {
-            generation: Some(1),
-            plan: Ok(&p),
-            deployment: Some(&d),
+        let o = Outcome::Applied {
+            plan: &p,
+            deployment: &d,
         };
-        let first = status(None, &o, &t(10));
-        let second = status(Some(&first), &o, &t(99));
+        let first = status(None, Some(1), &o, &t(10));
+        let second = status(Some(&first), Some(1), &o, &t(99));
         assert_eq!(
             first, second,
             "an unchanged world gives an unchanged status"
         );
         assert!(notices(Some(&first), &second).is_empty());
         let d2 = deployment(2, 1, 1);
-        let third = status(
-            Some(&second),
-            &Outcome {
-                deployment: Some(&d2),
-                ..o
-            },
-            &t(120),
-        );
+        let o2 = Outcome::Applied {
+            plan: &p,
+            deployment: &d2,
+        };
+        let third = status(Some(&second), Some(1), &o2, &t(120));
         assert_eq!(cond(&third, READY).last_transition_time, t(120));
         assert_eq!(cond(&third, DEGRADED).last_transition_time, t(10));
     }
@@ -409,10 +396,10 @@ mod tests {
         let d = deployment(1, 0, 0);
         let s = status(
             None,
-            &Outcome {
-                generation: Some(1),
-                plan: Ok(&p),
-                deployment: Some(&d),
+            Some(1),
+            &Outcome::Applied {
+                plan: &p,
+                deployment: &d,
             },
             &t(1),
         );
