@@ -154,13 +154,16 @@ wait_for() { # component what command...
   log "$name: $what ($((SECONDS - start))s)"
 }
 
+# Ports come from below the kernel's ephemeral range: outgoing connections (an apiserver has
+# many) take their local ports from that range, so a port that is free there now may be taken
+# before the component binds it. A real bind checks that nothing holds the port.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() { # variable to set
-  local p
+  local p low=10000 span=$((EPHEMERAL_LOW - 10000))
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((low + (RANDOM * 32768 + RANDOM) % span))
     [[ " ${USED_PORTS:-} " == *" $p "* ]] && continue
-    # Nothing answers on it: free enough for a test cluster.
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    if python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$p" 2>/dev/null; then
       USED_PORTS="${USED_PORTS:-} $p"
       printf -v "$1" '%s' "$p"
       return
@@ -389,7 +392,8 @@ EOF
   # Proves the service account controllers run; pods need this account.
   wait_for kube-controller-manager "default ServiceAccount created" kubectl get serviceaccount default -n default
 
-  # PATH: the pinned kubectl, of the server's version, comes first.
+  # PATH: the pinned kubectl, of the server's version, comes first ($PATH stays literal).
+  # shellcheck disable=SC2016
   printf 'export KUBECONFIG=%q\nexport PROMETHEUS_URL=%q\nexport PROMETHEUS_SD_DIR=%q\nexport E2E_STATE_DIR=%q\nexport PATH=%q:"$PATH"\n' \
     "$STATE/admin.kubeconfig" "http://127.0.0.1:$PROM_PORT" "$STATE/prometheus/sd" "$STATE" "$BIN" >"$STATE/env"
   touch "$STATE/up.done"

@@ -33,6 +33,22 @@ pub struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "APPSERVER_LOG_JSON")]
     pub log_json: bool,
+    /// Reconcile only while holding a Lease, so several replicas never act at once.
+    #[arg(long, env = "APPSERVER_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "APPSERVER_LEASE_NAME",
+        default_value = "appserver-operator"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (in a cluster: the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Seconds a leader keeps the Lease without renewing it; a standby takes over after that.
+    #[arg(long, env = "APPSERVER_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration: u64,
 }
 
 #[derive(Args, Debug)]

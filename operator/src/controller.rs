@@ -326,7 +326,7 @@ fn node_shape_hash(node: &Node) -> Option<u64> {
 }
 
 /// Runs the controller until a shutdown signal.
-pub async fn run(client: Client, metrics: Arc<Metrics>, ready: Arc<std::sync::atomic::AtomicBool>) {
+pub async fn run(client: Client, metrics: Arc<Metrics>) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -344,7 +344,6 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, ready: Arc<std::sync::at
     .owns(Api::<Service>::all(client.clone()), owned);
     let appservers = controller.store();
     let ctx = Arc::new(Context::new(client, nodes, metrics));
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     controller
         .watches_stream(node_events, move |node| affected_by(&appservers, &node))
         .shutdown_on_signal()

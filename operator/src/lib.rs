@@ -1,7 +1,7 @@
 //! appserver-operator: deploys app servers and sizes their workers and threads.
 //!
 //! Functional core: [`api`], [`sizing`], [`profile`], [`plan`], [`desired`], [`report`] are pure.
-//! Imperative shell: [`controller`], [`http`], [`telemetry`] and the binary.
+//! Imperative shell: [`controller`], [`leader`], [`http`], [`telemetry`] and the binary.
 
 pub mod api;
 pub mod cli;
@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod http;
+pub mod leader;
 pub mod offline;
 pub mod plan;
 pub mod profile;

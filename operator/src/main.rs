@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use appserver_operator::cli::{Cli, Command, Output, RunArgs};
-use appserver_operator::{controller, crd, http, offline, telemetry};
+use appserver_operator::{controller, crd, http, leader, offline, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,6 +45,39 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Runs the controller; with leader election only while this replica holds the Lease.
+async fn lead_and_control(
+    client: kube::Client,
+    metrics: Arc<telemetry::Metrics>,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
+    if !args.leader_election {
+        metrics.leader.set(1);
+        controller::run(client, metrics).await;
+        return Ok(());
+    }
+    let lease = leader::LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity: leader::identity(),
+        duration_seconds: args.lease_duration,
+    };
+    let mut leadership = leader::acquire(client.clone(), &lease).await?;
+    metrics.leader.set(1);
+    tokio::select! {
+        () = controller::run(client, metrics.clone()) => {
+            tracing::info!("controller stopped: releasing the lease");
+            leadership.release().await;
+            Ok(())
+        }
+        () = leadership.lost() => {
+            metrics.leader.set(0);
+            // Exit rather than risk two controllers: the pod restarts as a standby.
+            anyhow::bail!("lost the lease {}/{}; exiting", lease.namespace, lease.name)
+        }
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -61,12 +94,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let version = client.apiserver_version().await.context("asking the API server for its version")?;
         tracing::info!(apiserver = %version.git_version, "connected");
         let metrics = Arc::new(telemetry::Metrics::default());
-        let ready = Arc::new(AtomicBool::new(false));
-        let probes = http::Probes { metrics: metrics.clone(), ready: ready.clone() };
+        // Ready once the API server answers: a standby replica is ready too, so a rollout of
+        // several replicas is not held up by the one that waits for the lease.
+        let ready = Arc::new(AtomicBool::new(true));
+        let probes = http::Probes { metrics: metrics.clone(), ready };
         let server = http::serve(args.metrics_addr, probes);
+        let control = lead_and_control(client, metrics, &args);
         tokio::select! {
             served = server => served.with_context(|| format!("serving metrics on {}", args.metrics_addr))?,
-            () = controller::run(client, metrics, ready) => tracing::info!("controller stopped"),
+            done = control => done?,
         }
         Ok(())
     })

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub reconciliations: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// 1 while this replica runs the controller (always, without leader election).
+    pub leader: Gauge,
     registry: Registry,
 }
 
@@ -42,10 +45,17 @@ impl Default for Metrics {
             "Time one reconciliation took",
             duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller",
+            leader.clone(),
+        );
         Self {
             reconciliations,
             errors,
             duration,
+            leader,
             registry,
         }
     }
