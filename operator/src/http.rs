@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,31 +11,18 @@ use axum::routing::get;
 
 use crate::telemetry::Metrics;
 
-#[derive(Clone)]
-pub struct Probes {
-    pub metrics: Arc<Metrics>,
-    /// Set once the controller's watches are running.
-    pub ready: Arc<AtomicBool>,
-}
-
-pub fn router(probes: Probes) -> Router {
+/// The endpoints are served only once the API server has answered, so being up is being ready;
+/// a standby replica waiting for the lease is ready too, so it does not hold up a rollout.
+pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(probes)
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(encode))
+        .with_state(metrics)
 }
 
-async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
-    if p.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
-}
-
-async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
-    match p.metrics.encode() {
+async fn encode(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.encode() {
         Ok(body) => (
             StatusCode::OK,
             [(
@@ -51,7 +37,7 @@ async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
 }
 
 /// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, probes: Probes) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(probes)).await
+    axum::serve(listener, router(metrics)).await
 }

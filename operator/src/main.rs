@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -94,11 +93,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let version = client.apiserver_version().await.context("asking the API server for its version")?;
         tracing::info!(apiserver = %version.git_version, "connected");
         let metrics = Arc::new(telemetry::Metrics::default());
-        // Ready once the API server answers: a standby replica is ready too, so a rollout of
-        // several replicas is not held up by the one that waits for the lease.
-        let ready = Arc::new(AtomicBool::new(true));
-        let probes = http::Probes { metrics: metrics.clone(), ready };
-        let server = http::serve(args.metrics_addr, probes);
+        let server = http::serve(args.metrics_addr, metrics.clone());
         let control = lead_and_control(client, metrics, &args);
         tokio::select! {
             served = server => served.with_context(|| format!("serving metrics on {}", args.metrics_addr))?,
