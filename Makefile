@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run down test unit e2e lint crd build
+.PHONY: run down test unit e2e lint crd build image
 
 ## The operator on a local cluster with a sample AppServer; Ctrl-C tears it down.
 run:
@@ -35,3 +35,9 @@ crd:
 
 build:
 	$(CARGO) build --release -p appserver-operator
+
+## The container image without a container engine (root; apt: umoci skopeo jq): an OCI layout
+## and a docker-archive in target/image/, then its checks.
+image:
+	image/build.sh
+	image/check.sh
