@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run down test unit e2e lint crd build image
+.PHONY: run down test unit e2e lint crd build image helm-lint
 
 ## The operator on a local cluster with a sample AppServer; Ctrl-C tears it down.
 run:
@@ -32,6 +32,12 @@ lint:
 ## Regenerate the committed CRD from the Rust types.
 crd:
 	$(CARGO) run -q -p appserver-operator -- crd > crds/appserver.dev_appservers.yaml
+	cp crds/appserver.dev_appservers.yaml charts/appserver-operator/crds/
+	cp crds/appserver.dev_appservers.yaml config/crd/bases/
+
+## Lint the Helm chart (builds the pinned Helm on first use).
+helm-lint:
+	charts/helm.sh lint --strict charts/appserver-operator
 
 build:
 	$(CARGO) build --release -p appserver-operator

@@ -15,6 +15,8 @@ cd "$REPO"
 log "building the operator and the tests"
 cargo build -q -p appserver-operator
 cargo test -q -p appserver-e2e --no-run
+"$REPO/charts/helm.sh" version --short >/dev/null  # built on first use, before the tests need it
+"$REPO/charts/helm.sh" version --short >/dev/null
 
 if [[ -f $E2E_STATE_DIR/up.done ]]; then
   log "a cluster is already up in $E2E_STATE_DIR: tearing it down for a clean run"
