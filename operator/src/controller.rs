@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{AppServer, AppServerStatus};
 use crate::desired::{self, MANAGER};
@@ -349,8 +349,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>) {
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "controller event");
+            match res {
+                // A requeued object deleted meanwhile: nothing to do, nothing wrong.
+                Err(e @ controller::Error::ObjectNotFound(_)) => debug!(error = %e, "skipped"),
+                // Reconcile errors are logged by error_policy; the rest are watch troubles.
+                Err(controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                Err(e) => warn!(error = %e, "controller event"),
             }
         })
         .await;
