@@ -37,7 +37,7 @@ elseif degraded ~= nil and degraded.status == "True" then
 elseif ready ~= nil and ready.status == "True" then
   if obj.spec.tuning ~= nil and obj.spec.tuning.mode == "recommend" then
     hs.status = "Suspended"
-    hs.message = "recommend-only: the operator reports but does not change workers/threads ("
+    hs.message = "recommend-only: the tuner recommends and applies nothing ("
       .. say(ready) .. ")"
   else
     hs.status = "Healthy"

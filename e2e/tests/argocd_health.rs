@@ -96,7 +96,7 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "suspended-recommend.json",
         "Suspended",
-        "recommend-only: the operator reports but does not change workers/threads (2/2 pods ready with 3 workers × 4 threads)",
+        "recommend-only: the tuner recommends and applies nothing (2/2 pods ready with 3 workers × 4 threads)",
     ),
     (
         "unknown-ready.json",
@@ -367,7 +367,7 @@ async fn argo_cd_health_of_appservers_the_operator_drove() {
     expect(
         &h,
         "Suspended",
-        "recommend-only: the operator reports but does not change workers/threads (1/1 pods ready with 3 workers × 4 threads)",
+        "recommend-only: the tuner recommends and applies nothing (1/1 pods ready with 3 workers × 4 threads)",
         "recommend.json",
     );
 
