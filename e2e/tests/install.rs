@@ -208,7 +208,7 @@ fn expected_cluster_grants() -> BTreeSet<(String, String, String)> {
             out.insert((g.to_string(), r.to_string(), v.to_string()));
         }
     };
-    add("appserver.dev", "appservers", &["get", "list", "watch"]);
+    add("appserver.dev", "appservers", &["list", "watch"]);
     add("appserver.dev", "appservers/status", &["patch"]);
     add("appserver.dev", "appservers/finalizers", &["update"]);
     add("apps", "deployments", &["list", "watch", "create", "patch"]);
