@@ -205,3 +205,111 @@ pub async fn kubectl(args: &[&str], stdin: &str) -> std::process::Output {
     }
     child.wait_with_output().await.expect("kubectl ran")
 }
+
+/// `target/debug/appserver-operator run` as a process of its own, with its metrics on a free
+/// loopback port and its log in `$E2E_STATE_DIR/logs/operator-<name>.log`. Killed when dropped,
+/// also when the test fails.
+pub struct OperatorProcess {
+    pub name: String,
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `run` with `args` after it and `env` added to the environment; `POD_NAME` is the
+    /// name, so a Lease holder's identity starts with it.
+    pub fn start(name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        use std::process::Stdio;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let logs = std::env::var_os("E2E_STATE_DIR")
+            .map(|d| PathBuf::from(d).join("logs"))
+            .unwrap_or_else(std::env::temp_dir);
+        let _ = std::fs::create_dir_all(&logs);
+        let log = logs.join(format!("operator-{name}.log"));
+        let file = std::fs::File::create(&log).expect("the operator's log file");
+        let child = std::process::Command::new(repo().join("target/debug/appserver-operator"))
+            .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("POD_NAME", name)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(file.try_clone().expect("log handle")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("starting target/debug/appserver-operator (cargo build -p appserver-operator)");
+        Self {
+            name: name.to_string(),
+            child,
+            port,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the operator's own HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .context("no status line")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    /// Waits for `/readyz`; fails with the log if the process exits or never gets there.
+    pub async fn wait_ready(&mut self) {
+        let what = format!("operator {} /readyz", self.name);
+        for _ in 0..120 {
+            if let Some(status) = self.child.try_wait().expect("operator status") {
+                panic!(
+                    "{what}: the operator exited ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            if matches!(self.get("/readyz"), Ok((200, _))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("{what}: not ready after 60s; log:\n{}", self.log());
+    }
+
+    /// Sum of a metric's samples (0 when it has none yet).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (code, body) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL: the process dies without releasing anything, as a crashed pod would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -10,9 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::bail;
 use appserver_e2e::*;
 use appserver_operator::api::AppServer;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -459,104 +458,17 @@ async fn service_account_kubeconfig(namespace: &str, account: &str, dir: &Path) 
 
 // --- the operator as a process --------------------------------------------------------------
 
-/// `target/debug/appserver-operator run` with a given kubeconfig, with leader election on (so
-/// the lease Role is exercised too). Killed when dropped, also when the test fails.
-struct Operator {
-    name: String,
-    child: std::process::Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(name: &str, kubeconfig: &Path, lease_namespace: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let logs = std::env::var_os("E2E_STATE_DIR")
-            .map(|d| PathBuf::from(d).join("logs"))
-            .unwrap_or_else(std::env::temp_dir);
-        let _ = std::fs::create_dir_all(&logs);
-        let log = logs.join(format!("operator-install-{name}.log"));
-        let file = std::fs::File::create(&log).expect("the operator's log file");
-        let child = std::process::Command::new(repo().join("target/debug/appserver-operator"))
-            .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
-            .arg("--leader-election")
-            .env("KUBECONFIG", kubeconfig)
-            // In a pod these come from the downward API.
-            .env("POD_NAMESPACE", lease_namespace)
-            .env("POD_NAME", format!("install-{name}"))
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::from(file.try_clone().expect("log handle")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("starting target/debug/appserver-operator (cargo build -p appserver-operator)");
-        Self {
-            name: name.to_string(),
-            child,
-            port,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// GET on the operator's own HTTP endpoint: (status code, body).
-    fn get(&self, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .context("no status line")?
-            .parse()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
-    }
-
-    async fn wait_ready(&mut self) {
-        let what = format!("operator {} /readyz", self.name);
-        for _ in 0..120 {
-            if let Some(status) = self.child.try_wait().expect("operator status") {
-                panic!(
-                    "{what}: the operator exited ({status}); log:\n{}",
-                    self.log()
-                );
-            }
-            if matches!(self.get("/readyz"), Ok((200, _))) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        panic!("{what}: not ready after 60s; log:\n{}", self.log());
-    }
-
-    /// Sum of a metric's samples (0 when it has none yet).
-    fn metric(&self, name: &str) -> f64 {
-        let (code, body) = self.get("/metrics").expect("GET /metrics");
-        assert_eq!(code, 200, "/metrics: {body}");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The operator with a given kubeconfig and leader election on (so the lease Role is exercised
+/// too); `POD_NAMESPACE` is what the downward API gives it in a pod.
+fn operator(name: &str, kubeconfig: &Path, lease_namespace: &str) -> OperatorProcess {
+    OperatorProcess::start(
+        &format!("install-{name}"),
+        &["--leader-election"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_os_str()),
+            ("POD_NAMESPACE", lease_namespace.as_ref()),
+        ],
+    )
 }
 
 /// The RBAC proof: an operator running as the installed ServiceAccount sizes a sample from its
@@ -564,7 +476,7 @@ impl Drop for Operator {
 /// Event, holds the Lease, and never meets a 403.
 async fn reconciles_with_its_rbac(
     client: &Client,
-    op: &Operator,
+    op: &OperatorProcess,
     lease_namespace: &str,
     apps: &str,
 ) {
@@ -621,7 +533,7 @@ async fn reconciles_with_its_rbac(
         .and_then(|s| s.holder_identity)
         .unwrap_or_default();
     assert!(
-        holder.starts_with(&format!("install-{}", op.name)),
+        holder.starts_with(&op.name),
         "the operator holds the Lease, holder is {holder:?}"
     );
     assert!(
@@ -1338,7 +1250,7 @@ async fn helm_install_gives_an_operator_whose_rbac_suffices() {
     let dir = scratch("helm");
     let kubeconfig = service_account_kubeconfig(&ns.name, fullname, &dir).await;
     no_namespace_terminating(&client).await;
-    let mut op = Operator::start("helm", &kubeconfig, &ns.name);
+    let mut op = operator("helm", &kubeconfig, &ns.name);
     op.wait_ready().await;
     reconciles_with_its_rbac(&client, &op, &ns.name, &apps.name).await;
     drop(op);
@@ -1558,7 +1470,7 @@ async fn kustomize_default_installs_an_operator_whose_rbac_suffices() {
     let dir = scratch("kustomize");
     let kubeconfig = service_account_kubeconfig(KUSTOMIZE_NAMESPACE, KUSTOMIZE_NAME, &dir).await;
     no_namespace_terminating(&client).await;
-    let mut op = Operator::start("kustomize", &kubeconfig, KUSTOMIZE_NAMESPACE);
+    let mut op = operator("kustomize", &kubeconfig, KUSTOMIZE_NAMESPACE);
     op.wait_ready().await;
     reconciles_with_its_rbac(&client, &op, KUSTOMIZE_NAMESPACE, &apps.name).await;
     // Every sample of config/samples, unpinned, reconciles too.
