@@ -22,12 +22,16 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{AppServer, AppServerStatus};
-use crate::desired::{self, MANAGER};
+use crate::api::{AppServer, AppServerStatus, TuningMode};
+use crate::desired::{self, DEFAULT_SIDECAR_IMAGE, MANAGER};
+use crate::observe::{self, Observer, Target};
 use crate::plan::{Plan, plan};
 use crate::report::{self, Notice, Outcome};
+use crate::signals::Observation;
 use crate::sizing::matching_node_shapes;
 use crate::telemetry::Metrics;
+use crate::tuner::{self, Decision, State};
+use crate::tuning::{self, Evaluation};
 
 /// Periodic re-check, in case a watch event was missed.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -64,14 +68,40 @@ impl Error {
     }
 }
 
+/// How the tuner observes: where, how often, over what window.
+#[derive(Clone, Debug)]
+pub struct TuningOptions {
+    /// Prometheus for AppServers that name none.
+    pub prometheus_url: Option<String>,
+    pub interval: Duration,
+    pub window: Duration,
+    pub sidecar_image: String,
+}
+
+impl Default for TuningOptions {
+    fn default() -> Self {
+        Self {
+            prometheus_url: None,
+            interval: Duration::from_secs(60),
+            window: Duration::from_secs(120),
+            sidecar_image: DEFAULT_SIDECAR_IMAGE.into(),
+        }
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub nodes: Store<Node>,
     pub metrics: Arc<Metrics>,
+    pub tuning: TuningOptions,
+    observer: Observer,
     /// Consecutive failures per object: kube-runtime has no per-object backoff.
     backoff: Mutex<HashMap<String, u32>>,
+    /// When each AppServer was last observed: status writes and rollouts wake the reconciler far
+    /// more often than Prometheus should be asked.
+    observed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -82,8 +112,40 @@ impl Context {
             recorder,
             nodes,
             metrics,
+            tuning: TuningOptions::default(),
+            observer: Observer::new(),
             backoff: Mutex::default(),
+            observed: Mutex::default(),
         }
+    }
+
+    pub fn with_tuning(mut self, tuning: TuningOptions) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Whether `key` is due for an observation; marks it observed when it is.
+    fn due(&self, key: &str) -> bool {
+        let Ok(mut map) = self.observed.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match map.get(key) {
+            Some(last) if now.duration_since(*last) < self.tuning.interval => false,
+            _ => {
+                map.insert(key.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// Time until `key`'s next observation.
+    fn until_due(&self, key: &str) -> Duration {
+        let last = self.observed.lock().ok().and_then(|m| m.get(key).copied());
+        last.map_or(self.tuning.interval, |l| {
+            self.tuning.interval.saturating_sub(l.elapsed())
+        })
+        .max(Duration::from_secs(1))
     }
 
     fn failures(&self, key: &str, failed: bool) -> u32 {
@@ -161,34 +223,219 @@ async fn reconcile_inner(guard: &Guarded, ctx: &Context, key: &str) -> Result<Ac
     );
     // Validate and size (pure).
     let planned = plan(&aps.spec, &nodes);
+    // Observe and decide (recommend and auto modes).
+    let tuned = match &planned {
+        Ok(plan) => Some(tune(ctx, aps, &namespace, key, plan).await),
+        Err(_) => None,
+    };
     // Apply, only a valid plan: a bad spec leaves the running Deployment as it was.
     let applied;
-    let outcome = match &planned {
-        Ok(plan) => {
-            applied = apply(ctx, aps, &namespace, plan).await?;
-            Outcome::Applied {
-                plan,
-                deployment: &applied,
-            }
-        }
-        Err(e) => {
+    let outcome = match (&planned, &tuned) {
+        (Err(e), _) => {
             info!(reason = e.reason(), "not applying: {e}");
             Outcome::Refused(e)
         }
+        (Ok(_), Some(t)) => {
+            applied = apply(ctx, aps, &namespace, &t.plan).await?;
+            Outcome::Applied {
+                plan: &t.plan,
+                deployment: &applied,
+            }
+        }
+        (Ok(_), None) => return Err(Error::MissingKey(key.into(), "plan")),
     };
     // Report.
     let old = aps.status.as_ref();
-    let new = report::status(
-        old,
-        aps.metadata.generation,
-        &outcome,
-        &Time(Timestamp::now()),
+    let now = Timestamp::now();
+    let mut new = report::status(old, aps.metadata.generation, &outcome, &Time(now));
+    let tuning_mode = matches!(
+        aps.spec.tuning.mode,
+        TuningMode::Recommend | TuningMode::Auto
     );
+    match tuned.as_ref().and_then(|t| t.evaluation.as_ref()) {
+        Some(ev) => report_tuning(&mut new, old, aps, ev, now),
+        None if tuning_mode && planned.is_ok() => keep_tuning_conditions(&mut new, old),
+        None => new.tuning = None,
+    }
     if old != Some(&new) {
         write_status(ctx, aps, &namespace, &new).await?;
     }
-    publish(ctx, aps, report::notices(old, &new)).await;
+    let mut notices = tuning::notices(old, &new);
+    // When the tuner moved the numbers its Event already says why: no separate Sized Event.
+    let tuner_moved = notices
+        .iter()
+        .any(|n| matches!(n.reason, "Tuned" | "OOMKilled"));
+    notices.extend(
+        report::notices(old, &new)
+            .into_iter()
+            .filter(|n| !(tuner_moved && n.reason == "Sized")),
+    );
+    publish(ctx, aps, notices).await;
+    if tuning_mode && planned.is_ok() {
+        return Ok(Action::requeue(ctx.until_due(key)));
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The plan to apply and, when the tuner ran, what it saw and decided.
+struct Tuned {
+    plan: Plan,
+    evaluation: Option<Evaluated>,
+}
+
+struct Evaluated {
+    fingerprint: String,
+    from: tuner::Setting,
+    decision: Decision,
+    observation: Observation,
+}
+
+/// Observes the AppServer (when due) and decides; in auto mode the plan carries the tuner's
+/// setting. Observation trouble never fails the reconcile: the tuner holds and says why.
+async fn tune(ctx: &Context, aps: &AppServer, namespace: &str, key: &str, plan: &Plan) -> Tuned {
+    let mode = aps.spec.tuning.mode;
+    let sized = match &plan.sized {
+        Some(s) if matches!(mode, TuningMode::Recommend | TuningMode::Auto) => s,
+        _ => {
+            return Tuned {
+                plan: plan.clone(),
+                evaluation: None,
+            };
+        }
+    };
+    let cfg = tuning::config(&aps.spec, sized);
+    let state = tuning::state(
+        mode,
+        &cfg,
+        sized,
+        aps.status.as_ref().and_then(|s| s.tuning.as_ref()),
+    );
+    let now = Timestamp::now();
+    let evaluation = if ctx.due(key) {
+        observe(ctx, aps, namespace, &state, now)
+            .await
+            .map(|(observation, issues)| {
+                let secs = now.as_millisecond() as f64 / 1000.0;
+                let mut decision = tuner::decide(&cfg, &state, &observation, secs);
+                if !issues.is_empty() && decision.flag == Some(tuner::Flag::MetricsUnavailable) {
+                    decision.reason = format!("{} ({})", decision.reason, issues.join("; "));
+                }
+                info!(from = %state.setting, to = %decision.setting, "{}", decision.reason);
+                Evaluated {
+                    fingerprint: tuning::fingerprint(&cfg),
+                    from: state.setting,
+                    decision,
+                    observation,
+                }
+            })
+    } else {
+        None
+    };
+    let setting = match (mode, &evaluation) {
+        (TuningMode::Auto, Some(e)) => e.decision.setting,
+        (TuningMode::Auto, None) => state.setting,
+        _ => tuning::static_setting(sized),
+    };
+    Tuned {
+        plan: tuning::with_setting(plan, &aps.spec, setting),
+        evaluation,
+    }
+}
+
+/// The signals of one window, and why any are missing. `None` while the last change settles
+/// (the window would mix two settings) unless a pod was OOM-killed since.
+async fn observe(
+    ctx: &Context,
+    aps: &AppServer,
+    namespace: &str,
+    state: &State,
+    now: Timestamp,
+) -> Option<(Observation, Vec<String>)> {
+    let window = ctx.tuning.window;
+    let name = aps.name_any();
+    let pods = match observe::list_pods(&ctx.client, namespace, &name).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "cannot list pods to observe");
+            return Some((Observation::default(), vec![e.to_string()]));
+        }
+    };
+    let window_start = now.checked_sub(jiff_span(window)).unwrap_or(now);
+    let since_change = state
+        .last_change
+        .and_then(|s| Timestamp::from_millisecond((s * 1000.0) as i64).ok())
+        .filter(|t| *t > window_start);
+    let pods_only = |since: Timestamp| {
+        let events = observe::pod_events(&pods, since);
+        let n = u32::try_from(pods.len()).unwrap_or(u32::MAX);
+        observe::assemble(window, n, &Default::default(), events)
+    };
+    if let Some(changed) = since_change {
+        let o = pods_only(changed);
+        return (o.oom_kills > 0).then(|| (o, vec![]));
+    }
+    let Some(target) =
+        Target::for_app_server(aps, pods.clone(), ctx.tuning.prometheus_url.as_deref())
+    else {
+        let why = "no Prometheus to read: set spec.tuning.metrics.prometheus.url or the operator's --prometheus-url".to_string();
+        return Some((pods_only(window_start), vec![why]));
+    };
+    match ctx.observer.observe(&target, window, now).await {
+        Ok(o) => Some((
+            o.observation,
+            o.issues.iter().map(ToString::to_string).collect(),
+        )),
+        Err(e) => {
+            warn!(error = %e, "cannot observe");
+            Some((pods_only(window_start), vec![e.to_string()]))
+        }
+    }
+}
+
+fn jiff_span(d: Duration) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::try_from(d)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::ZERO)
+}
+
+fn report_tuning(
+    new: &mut AppServerStatus,
+    old: Option<&AppServerStatus>,
+    aps: &AppServer,
+    ev: &Evaluated,
+    now: Timestamp,
+) {
+    let record = tuning::record(
+        old.and_then(|o| o.tuning.as_ref()),
+        &Evaluation {
+            mode: aps.spec.tuning.mode,
+            fingerprint: ev.fingerprint.clone(),
+            from: ev.from,
+            decision: &ev.decision,
+            observation: &ev.observation,
+            now,
+        },
+    );
+    new.tuning = Some(record);
+    let old_status = old.cloned().unwrap_or_default();
+    for c in tuning::conditions(
+        &ev.decision,
+        aps.spec.tuning.mode,
+        aps.metadata.generation,
+        &Time(now),
+    ) {
+        new.conditions.push(report::merge(&old_status, c));
+    }
+}
+
+/// Between observations the tuner's conditions stay as the last one left them.
+fn keep_tuning_conditions(new: &mut AppServerStatus, old: Option<&AppServerStatus>) {
+    let Some(old) = old else { return };
+    new.conditions.extend(
+        old.conditions
+            .iter()
+            .filter(|c| c.type_ == tuning::TUNING || c.type_ == tuning::CPU_SATURATED)
+            .cloned(),
+    );
 }
 
 /// Server-side apply of the Deployment and Service, with one field manager and `force`.
@@ -203,7 +450,7 @@ async fn apply(
         .controller_owner_ref(&())
         .ok_or_else(|| Error::MissingKey(key.clone(), "uid"))?;
     let params = PatchParams::apply(MANAGER).force();
-    let deployment = desired::deployment(aps, &owner, plan);
+    let deployment = desired::deployment(aps, &owner, plan, &ctx.tuning.sidecar_image);
     let applied = Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
         .patch(&key, &params, &Patch::Apply(&deployment))
         .await
@@ -326,7 +573,7 @@ fn node_shape_hash(node: &Node) -> Option<u64> {
 }
 
 /// Runs the controller until a shutdown signal.
-pub async fn run(client: Client, metrics: Arc<Metrics>) {
+pub async fn run(client: Client, metrics: Arc<Metrics>, tuning: TuningOptions) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -343,7 +590,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>) {
     .owns(Api::<Deployment>::all(client.clone()), owned.clone())
     .owns(Api::<Service>::all(client.clone()), owned);
     let appservers = controller.store();
-    let ctx = Arc::new(Context::new(client, nodes, metrics));
+    let ctx = Arc::new(Context::new(client, nodes, metrics).with_tuning(tuning));
     controller
         .watches_stream(node_events, move |node| affected_by(&appservers, &node))
         .shutdown_on_signal()

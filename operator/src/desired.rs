@@ -5,19 +5,23 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::AppServer;
+use crate::api::{AppServer, QueueSignal};
 use crate::plan::Plan;
 use crate::profile::seconds;
 
 pub const MANAGER: &str = "appserver-operator";
 pub const NAME_LABEL: &str = "appserver.dev/name";
 pub const CONTAINER: &str = "app";
+/// The backlog-exporter sidecar: its container name, port and default image (the operator's own).
+pub const SIDECAR: &str = "backlog-exporter";
+pub const SIDECAR_PORT: i32 = 9102;
+pub const DEFAULT_SIDECAR_IMAGE: &str = concat!("appserver-operator:", env!("CARGO_PKG_VERSION"));
 
 /// Time the server's own master process gets, after the graceful timeout, to exit by itself
 /// before the kubelet's SIGKILL.
@@ -51,7 +55,13 @@ fn metadata(aps: &AppServer, owner: &OwnerReference, name: &str) -> ObjectMeta {
 
 /// The Deployment. `replicas` is left out when the spec leaves it to an autoscaler, so this
 /// manager never owns that field.
-pub fn deployment(aps: &AppServer, owner: &OwnerReference, plan: &Plan) -> Deployment {
+/// `sidecar_image` runs the backlog exporter when `spec.tuning.queueSignal` is `sidecar`.
+pub fn deployment(
+    aps: &AppServer,
+    owner: &OwnerReference,
+    plan: &Plan,
+    sidecar_image: &str,
+) -> Deployment {
     let name = aps.metadata.name.clone().unwrap_or_default();
     Deployment {
         metadata: metadata(aps, owner, &name),
@@ -66,7 +76,7 @@ pub fn deployment(aps: &AppServer, owner: &OwnerReference, plan: &Plan) -> Deplo
                     labels: Some(labels(&name)),
                     ..Default::default()
                 }),
-                spec: Some(pod_spec(aps, plan)),
+                spec: Some(pod_spec(aps, plan, sidecar_image)),
             },
             ..Default::default()
         }),
@@ -74,12 +84,16 @@ pub fn deployment(aps: &AppServer, owner: &OwnerReference, plan: &Plan) -> Deplo
     }
 }
 
-fn pod_spec(aps: &AppServer, plan: &Plan) -> PodSpec {
+fn pod_spec(aps: &AppServer, plan: &Plan, sidecar_image: &str) -> PodSpec {
     let spec = &aps.spec;
+    let mut containers = vec![container(aps, plan)];
+    if spec.tuning.queue_signal == QueueSignal::Sidecar {
+        containers.push(sidecar(spec.port, sidecar_image));
+    }
     let grace = i64::try_from(seconds(spec.timeouts.graceful)).unwrap_or(i64::MAX);
     let read_only = plan.settings.read_only_root;
     PodSpec {
-        containers: vec![container(aps, plan)],
+        containers,
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         termination_grace_period_seconds: Some(grace.saturating_add(GRACE_MARGIN_SECONDS)),
         automount_service_account_token: Some(false),
@@ -97,6 +111,47 @@ fn pod_spec(aps: &AppServer, plan: &Plan) -> PodSpec {
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Default::default()
             }]
+        }),
+        ..Default::default()
+    }
+}
+
+/// Reads the app's accept backlog from the pod's shared network namespace (docs/backlog-exporter.md).
+fn sidecar(app_port: i32, image: &str) -> Container {
+    let quantity = |q: &str| k8s_openapi::apimachinery::pkg::api::resource::Quantity(q.into());
+    let resources = std::collections::BTreeMap::from([
+        ("cpu".to_string(), quantity("10m")),
+        ("memory".to_string(), quantity("16Mi")),
+    ]);
+    Container {
+        name: SIDECAR.into(),
+        image: Some(image.into()),
+        args: Some(vec![
+            "backlog-exporter".into(),
+            "--port".into(),
+            SIDECAR_PORT.to_string(),
+            "--listen-port".into(),
+            app_port.to_string(),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("backlog".into()),
+            container_port: SIDECAR_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -211,7 +266,12 @@ mod tests {
 
     fn build(a: &AppServer) -> Deployment {
         let owner = a.controller_owner_ref(&()).unwrap();
-        deployment(a, &owner, &plan(&a.spec, &[]).unwrap())
+        deployment(
+            a,
+            &owner,
+            &plan(&a.spec, &[]).unwrap(),
+            DEFAULT_SIDECAR_IMAGE,
+        )
     }
 
     #[test]

@@ -5,8 +5,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use appserver_operator::cli::{Cli, Command, Output, RunArgs};
-use appserver_operator::{controller, crd, http, leader, offline, telemetry};
+use appserver_operator::cli::{BacklogArgs, Cli, Command, Output, RunArgs};
+use appserver_operator::{controller, crd, http, leader, offline, simulate, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,7 +15,9 @@ fn main() -> ExitCode {
             .context("rendering the CRD")
             .map(|y| print!("{y}")),
         Command::Size(args) => size(&args),
+        Command::Simulate(args) => simulate(&args),
         Command::Run(args) => run(args),
+        Command::BacklogExporter(args) => backlog_exporter(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,12 +37,29 @@ fn size(args: &appserver_operator::cli::SizeArgs) -> anyhow::Result<()> {
     }
 }
 
+fn simulate(args: &appserver_operator::cli::SimulateArgs) -> anyhow::Result<()> {
+    let report = simulate::simulate(args).context("simulating the tuner")?;
+    match args.output {
+        Output::Text => emit(&simulate::render_text(&report)),
+        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+    }
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
+    }
+}
+
+fn tuning_options(args: &RunArgs) -> controller::TuningOptions {
+    controller::TuningOptions {
+        prometheus_url: args.prometheus_url.clone().filter(|u| !u.is_empty()),
+        interval: args.tune_interval,
+        window: args.tune_window,
+        sidecar_image: args.sidecar_image.clone(),
     }
 }
 
@@ -52,7 +71,7 @@ async fn lead_and_control(
 ) -> anyhow::Result<()> {
     if !args.leader_election {
         metrics.leader.set(1);
-        controller::run(client, metrics).await;
+        controller::run(client, metrics, tuning_options(args)).await;
         return Ok(());
     }
     let lease = leader::LeaseConfig {
@@ -64,7 +83,7 @@ async fn lead_and_control(
     let mut leadership = leader::acquire(client.clone(), &lease).await?;
     metrics.leader.set(1);
     tokio::select! {
-        () = controller::run(client, metrics.clone()) => {
+        () = controller::run(client, metrics.clone(), tuning_options(args)) => {
             tracing::info!("controller stopped: releasing the lease");
             leadership.release().await;
             Ok(())
@@ -101,4 +120,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The sidecar: serves the app's accept backlog until the process ends.
+fn backlog_exporter(args: &BacklogArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    let addr = std::net::SocketAddr::new(args.address, args.port);
+    let cfg = appserver_operator::backlog::BacklogConfig {
+        proc_root: args.proc_root.clone(),
+        listen_port: args.listen_port,
+    };
+    tracing::info!(%addr, listen_port = ?cfg.listen_port, "serving the accept backlog");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime
+        .block_on(appserver_operator::backlog::serve(addr, cfg))
+        .with_context(|| format!("serving metrics on {addr}"))
+}
+
+/// Text or JSON logs, filtered by RUST_LOG (default info), as `run` sets them up.
+fn init_logs(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }

@@ -178,7 +178,7 @@ fn condition(
 }
 
 /// Keeps the old transition time when the condition's status did not change.
-fn merge(old: &AppServerStatus, mut c: Condition) -> Condition {
+pub fn merge(old: &AppServerStatus, mut c: Condition) -> Condition {
     if let Some(prev) = old
         .conditions
         .iter()

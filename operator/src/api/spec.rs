@@ -300,6 +300,21 @@ pub struct TuningSpec {
     /// Where the tuner reads its signals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSource>,
+    /// sidecar: run the backlog exporter next to the app, so the queue (the listen backlog) and
+    /// refused connections are measured without instrumenting the app.
+    #[serde(default)]
+    pub queue_signal: QueueSignal,
+}
+
+/// Where the queue signal comes from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueSignal {
+    /// From the app's own metrics or a query override, if any.
+    #[default]
+    None,
+    /// From the backlog-exporter sidecar the operator adds to the pod.
+    Sidecar,
 }
 
 fn default_cooldown() -> Duration {
@@ -315,6 +330,7 @@ impl Default for TuningSpec {
             targets: Targets::default(),
             cooldown: default_cooldown(),
             metrics: None,
+            queue_signal: QueueSignal::default(),
         }
     }
 }
@@ -404,9 +420,10 @@ impl Default for Targets {
 pub struct MetricsSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,
-    /// PromQL overrides per signal (requestRate, latencyP95, queue, cpu, memory, oomKills).
+    /// PromQL overrides per signal (requestRate, latencyP50, latencyP95, latencyP99, queue, drops,
+    /// cpu, cpuThrottling, memory, oomKills, restarts); see docs/observer.md for the placeholders.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(k, k in ['requestRate', 'latencyP50', 'latencyP95', 'latencyP99', 'queue', 'cpu', 'cpuThrottling', 'memory', 'oomKills'])").message("tuning.metrics.queries keys must be one of requestRate, latencyP50, latencyP95, latencyP99, queue, cpu, cpuThrottling, memory, oomKills"))]
+    #[x_kube(validation = Rule::new("self.all(k, k in ['requestRate', 'latencyP50', 'latencyP95', 'latencyP99', 'queue', 'drops', 'cpu', 'cpuThrottling', 'memory', 'oomKills', 'restarts'])").message("tuning.metrics.queries keys must be one of requestRate, latencyP50, latencyP95, latencyP99, queue, drops, cpu, cpuThrottling, memory, oomKills, restarts"))]
     pub queries: BTreeMap<String, String>,
 }
 

@@ -6,8 +6,10 @@
 mod basis;
 mod formulas;
 
-pub use basis::{Basis, BasisError, NodeShape, matching_node_shapes, resolve_basis};
+pub use basis::{
+    Basis, BasisError, NodeShape, matching_node_shapes, quantity_value, resolve_basis,
+};
 pub use formulas::{
-    Concurrency, MEMORY_SAFETY, MemoryModel, Sizing, SizingError, SizingInput, WorkerBounds,
-    effective_worker_class, format_cores, size,
+    Concurrency, EVENT_LOOP_CONNECTIONS, MEMORY_SAFETY, MemoryModel, Sizing, SizingError,
+    SizingInput, WorkerBounds, effective_worker_class, format_cores, size,
 };

@@ -1,0 +1,350 @@
+//! Between the AppServer and the tuner (pure): the tuner's config and state from the spec, the
+//! plan and the status; the status, conditions and Events from a decision.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{
+    AppServerSpec, AppServerStatus, DecisionSignals, LearnedModel, TuningDecision, TuningMode,
+    TuningStatus, WorkerSetting,
+};
+use crate::plan::{Plan, Sized};
+use crate::profile;
+use crate::report::Notice;
+use crate::signals::Observation;
+use crate::sizing::format_cores;
+use crate::tuner::{self, Config, Decision, Flag, Learned, Setting, State};
+
+/// Decisions kept in status.
+pub const HISTORY: usize = 10;
+pub const TUNING: &str = "Tuning";
+pub const CPU_SATURATED: &str = "CpuSaturated";
+
+/// The tuner's view of an AppServer that was planned.
+pub fn config(spec: &AppServerSpec, sized: &Sized) -> Config {
+    let t = &spec.tuning;
+    let cooldown = profile::seconds(t.cooldown) as f64;
+    Config {
+        concurrency: sized.sizing.concurrency,
+        cpu: sized.basis.cpu_cores,
+        memory_mib: sized.basis.memory_mib,
+        base_mib: spec.memory.base_mib as f64,
+        per_worker_mib: spec.memory.per_worker_mib as f64,
+        workers: crate::sizing::WorkerBounds::new(t.workers.min, t.workers.max),
+        threads: crate::sizing::WorkerBounds::new(t.threads.min, t.threads.max),
+        latency_target: std::time::Duration::from(t.targets.latency_p95).as_secs_f64(),
+        cpu_target: t.targets.cpu_utilization,
+        cooldown,
+        stabilization: tuner::stabilization(cooldown),
+    }
+}
+
+/// What the setting was tuned for; when it changes the tuner starts over from the formulas.
+pub fn fingerprint(cfg: &Config) -> String {
+    let mem = cfg
+        .memory_mib
+        .map_or("unbounded".into(), |m| format!("{m:.0}MiB"));
+    format!(
+        "cpu={} memory={mem} concurrency={:?} workers={}-{} threads={}-{}",
+        format_cores(cfg.cpu),
+        cfg.concurrency,
+        cfg.workers.min,
+        cfg.workers.max,
+        cfg.threads.min,
+        cfg.threads.max
+    )
+    .to_lowercase()
+}
+
+pub fn static_setting(sized: &Sized) -> Setting {
+    Setting {
+        workers: sized.sizing.workers,
+        threads: sized.sizing.threads,
+    }
+}
+
+/// The tuner's state from status. In `recommend` mode the pods keep the formulas' setting, so
+/// that is where the tuner starts from; in `auto` the tuned setting, unless it was tuned for
+/// other resources or bounds.
+pub fn state(
+    mode: TuningMode,
+    cfg: &Config,
+    sized: &Sized,
+    status: Option<&TuningStatus>,
+) -> State {
+    let fresh = State {
+        setting: static_setting(sized),
+        last_change: None,
+        lower_since: None,
+        learned: Learned::default(),
+    };
+    let Some(st) = status.filter(|s| s.tuned_for == fingerprint(cfg)) else {
+        return fresh;
+    };
+    let learned = st.model.as_ref().map(learned_of).unwrap_or_default();
+    match mode {
+        TuningMode::Auto => State {
+            setting: st.setting.map_or(fresh.setting, |s| setting_of(s, cfg)),
+            last_change: st.last_change_time.as_ref().map(seconds),
+            lower_since: st.scale_down_since.as_ref().map(seconds),
+            learned,
+        },
+        _ => State { learned, ..fresh },
+    }
+}
+
+/// The plan with the tuner's setting in place of the formulas'.
+pub fn with_setting(plan: &Plan, spec: &AppServerSpec, setting: Setting) -> Plan {
+    let Some(sized) = &plan.sized else {
+        return plan.clone();
+    };
+    if static_setting(sized) == setting {
+        return plan.clone();
+    }
+    let mut sizing = sized.sizing.clone();
+    sizing.workers = setting.workers;
+    sizing.threads = setting.threads;
+    sizing.explanation = format!(
+        "tuned to {} workers × {} threads (the formulas gave {}×{}: {})",
+        setting.workers,
+        setting.threads,
+        sized.sizing.workers,
+        sized.sizing.threads,
+        sized.sizing.explanation
+    );
+    Plan {
+        settings: profile::render(spec, Some(&sizing)),
+        sized: Some(Sized {
+            basis: sized.basis.clone(),
+            sizing,
+        }),
+    }
+}
+
+/// One evaluation's result, for the status.
+pub struct Evaluation<'a> {
+    pub mode: TuningMode,
+    pub fingerprint: String,
+    /// The setting before the decision.
+    pub from: Setting,
+    pub decision: &'a Decision,
+    pub observation: &'a Observation,
+    pub now: Timestamp,
+}
+
+/// The tuning status after an evaluation: the decision recorded in history when it changes
+/// (auto) or would change (recommend) the setting.
+pub fn record(old: Option<&TuningStatus>, e: &Evaluation<'_>) -> TuningStatus {
+    let mut next = old
+        .filter(|o| o.tuned_for == e.fingerprint)
+        .cloned()
+        .unwrap_or_default();
+    let d = e.decision;
+    next.tuned_for = e.fingerprint.clone();
+    next.last_evaluation = Some(d.reason.clone());
+    next.model = Some(model_of(&d.state.learned));
+    let to = worker_setting(d.setting);
+    let previous = next.setting;
+    next.setting = Some(to);
+    if e.mode == TuningMode::Auto {
+        next.last_change_time = d.state.last_change.map(time);
+        next.scale_down_since = d.state.lower_since.map(time);
+    }
+    let news = match e.mode {
+        TuningMode::Auto => d.setting != e.from,
+        _ => d.setting != e.from && previous != Some(to),
+    };
+    if news {
+        let rec = TuningDecision {
+            time: Time(e.now),
+            from: worker_setting(e.from),
+            to,
+            applied: e.mode == TuningMode::Auto,
+            reason: d.reason.clone(),
+            signals: signals_of(e.observation),
+        };
+        next.history.push(rec.clone());
+        let excess = next.history.len().saturating_sub(HISTORY);
+        next.history.drain(..excess);
+        next.last_decision = Some(rec);
+    }
+    next
+}
+
+/// The Tuning and CpuSaturated conditions for a decision.
+pub fn conditions(
+    d: &Decision,
+    mode: TuningMode,
+    generation: Option<i64>,
+    now: &Time,
+) -> [Condition; 2] {
+    let (ok, reason) = match d.flag {
+        Some(Flag::MetricsUnavailable) => (false, "MetricsUnavailable"),
+        Some(Flag::NoTraffic) => (false, "NoTraffic"),
+        Some(Flag::TargetUnreachable) => (false, "TargetUnreachable"),
+        Some(Flag::OomAtMinimum) => (false, "OomAtMinimum"),
+        Some(Flag::CpuSaturated) | None if mode == TuningMode::Auto => (true, "Tuning"),
+        Some(Flag::CpuSaturated) | None => (true, "Recommending"),
+    };
+    let saturated = d.flag == Some(Flag::CpuSaturated);
+    let cpu_message = if saturated {
+        format!(
+            "the CPU limit limits this AppServer, more concurrency would not help: add CPU or replicas. {}",
+            d.reason
+        )
+    } else {
+        String::new()
+    };
+    [
+        cond(TUNING, ok, reason, d.reason.clone(), generation, now),
+        cond(
+            CPU_SATURATED,
+            saturated,
+            if saturated {
+                "CpuSaturated"
+            } else {
+                "AsExpected"
+            },
+            cpu_message,
+            generation,
+            now,
+        ),
+    ]
+}
+
+fn cond(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Events for a new decision and for conditions that just turned bad.
+pub fn notices(old: Option<&AppServerStatus>, new: &AppServerStatus) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let last = |s: &AppServerStatus| s.tuning.as_ref().and_then(|t| t.last_decision.clone());
+    if let Some(d) = last(new).filter(|d| old.and_then(last).as_ref() != Some(d)) {
+        let mut note = d.reason.clone();
+        if !d.applied {
+            let _ = write!(note, " (recommendation only: tuning.mode is recommend)");
+        }
+        let oom = d.signals.oom_kills > 0;
+        out.push(Notice {
+            warning: oom,
+            reason: match (oom, d.applied) {
+                (true, _) => "OOMKilled",
+                (false, true) => "Tuned",
+                (false, false) => "Recommended",
+            },
+            note,
+        });
+    }
+    for (type_, bad_when) in [(TUNING, "False"), (CPU_SATURATED, "True")] {
+        let get = |s: &AppServerStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        let before = old.and_then(get);
+        if let Some((status, reason, message)) = get(new) {
+            let turned = status == bad_when
+                && before.as_ref().map(|b| (&b.0, &b.1)) != Some((&status, &reason));
+            if turned {
+                out.push(Notice {
+                    warning: true,
+                    reason: event_reason(&reason),
+                    note: message,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn event_reason(reason: &str) -> &'static str {
+    match reason {
+        "MetricsUnavailable" => "MetricsUnavailable",
+        "NoTraffic" => "NoTraffic",
+        "TargetUnreachable" => "TargetUnreachable",
+        "OomAtMinimum" => "OomAtMinimum",
+        "CpuSaturated" => "CpuSaturated",
+        _ => "Tuning",
+    }
+}
+
+fn signals_of(o: &Observation) -> DecisionSignals {
+    let round = |x: Option<f64>| x.map(|v| (v * 1000.0).round() / 1000.0);
+    DecisionSignals {
+        request_rate: round(o.request_rate),
+        latency_p95_seconds: round(o.latency_p95),
+        queue: round(o.queue),
+        cpu_cores: round(o.cpu_cores),
+        memory_mib: o.memory_mib.map(f64::round),
+        oom_kills: o.oom_kills,
+    }
+}
+
+fn model_of(l: &Learned) -> LearnedModel {
+    let round = |x: Option<f64>| x.map(|v| (v * 10_000.0).round() / 10_000.0);
+    LearnedModel {
+        cpu_per_request_seconds: round(l.cpu_per_request),
+        wait_per_request_seconds: round(l.wait_per_request),
+        per_worker_mib: l.per_worker_mib.map(f64::round),
+        per_worker_floor_mib: l.per_worker_floor_mib.map(f64::round),
+    }
+}
+
+fn learned_of(m: &LearnedModel) -> Learned {
+    let ok = |x: Option<f64>| x.filter(|v| v.is_finite() && *v >= 0.0);
+    Learned {
+        cpu_per_request: ok(m.cpu_per_request_seconds),
+        wait_per_request: ok(m.wait_per_request_seconds),
+        per_worker_mib: ok(m.per_worker_mib),
+        per_worker_floor_mib: ok(m.per_worker_floor_mib),
+    }
+}
+
+fn worker_setting(s: Setting) -> WorkerSetting {
+    let i = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    WorkerSetting {
+        workers: i(s.workers),
+        threads: i(s.threads),
+    }
+}
+
+/// A setting from status, brought within the bounds (they may have changed since).
+fn setting_of(s: WorkerSetting, cfg: &Config) -> Setting {
+    let u = |n: i32| u32::try_from(n).unwrap_or(1);
+    Setting {
+        workers: u(s.workers).clamp(cfg.workers.min, cfg.workers.max),
+        threads: match cfg.concurrency {
+            crate::sizing::Concurrency::Threads => {
+                u(s.threads).clamp(cfg.threads.min, cfg.threads.max)
+            }
+            _ => 1,
+        },
+    }
+}
+
+fn seconds(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
+}
+
+fn time(secs: f64) -> Time {
+    let ms = (secs * 1000.0).round() as i64;
+    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+}
