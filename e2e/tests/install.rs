@@ -213,6 +213,7 @@ fn expected_cluster_grants() -> BTreeSet<(String, String, String)> {
     add("apps", "deployments", &["list", "watch", "create", "patch"]);
     add("", "services", &["list", "watch", "create", "patch"]);
     add("", "nodes", &["list", "watch"]);
+    add("", "pods", &["list"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     out
 }

@@ -370,4 +370,41 @@ mod tests {
         );
         assert_eq!(svc.spec.unwrap().selector.unwrap()[NAME_LABEL], "api");
     }
+
+    #[test]
+    fn queue_signal_sidecar_adds_the_backlog_exporter() {
+        let a = aps(serde_json::json!({
+            "image": "app:1", "args": ["app:app"], "port": 8000, "server": {"kind": "gunicorn"},
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+            "tuning": {"queueSignal": "sidecar"},
+        }));
+        let pod = build(&a).spec.unwrap().template.spec.unwrap();
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", "backlog-exporter"]);
+        let side = &pod.containers[1];
+        assert_eq!(side.image.as_deref(), Some(DEFAULT_SIDECAR_IMAGE));
+        assert_eq!(
+            side.args.as_deref().unwrap(),
+            [
+                "backlog-exporter",
+                "--port",
+                "9102",
+                "--listen-port",
+                "8000"
+            ]
+        );
+        let mut none = a.clone();
+        none.spec.tuning.queue_signal = QueueSignal::None;
+        assert_eq!(
+            build(&none)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers
+                .len(),
+            1
+        );
+    }
 }

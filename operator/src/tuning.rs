@@ -348,3 +348,231 @@ fn time(secs: f64) -> Time {
     let ms = (secs * 1000.0).round() as i64;
     Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::tuner::decide;
+
+    fn spec(mode: &str) -> AppServerSpec {
+        serde_json::from_value(serde_json::json!({
+            "image": "app:1", "args": ["app:app"], "server": {"kind": "gunicorn", "workerClass": "gthread"},
+            "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
+            "tuning": {"mode": mode, "cooldown": "5m", "targets": {"latencyP95": "30s"}},
+        }))
+        .unwrap()
+    }
+
+    fn overloaded() -> Observation {
+        Observation {
+            window_seconds: 60.0,
+            pods: 1,
+            request_rate: Some(1.0),
+            latency_p50: Some(200.0),
+            latency_p95: Some(210.0),
+            queue: Some(200.0),
+            drop_rate: Some(49.0),
+            cpu_cores: Some(0.02),
+            memory_mib: Some(1200.0),
+            ..Observation::default()
+        }
+    }
+
+    /// One evaluation as the controller runs it, from a status.
+    fn evaluate(
+        spec: &AppServerSpec,
+        old: Option<&TuningStatus>,
+        now: f64,
+    ) -> (TuningStatus, Decision) {
+        evaluate_with(spec, old, now, &overloaded())
+    }
+
+    fn evaluate_with(
+        spec: &AppServerSpec,
+        old: Option<&TuningStatus>,
+        now: f64,
+        obs: &Observation,
+    ) -> (TuningStatus, Decision) {
+        let p = plan(spec, &[]).unwrap();
+        let sized = p.sized.as_ref().unwrap();
+        let cfg = config(spec, sized);
+        let st = state(spec.tuning.mode, &cfg, sized, old);
+        let d = decide(&cfg, &st, obs, now);
+        let ts = Timestamp::from_second(now as i64).unwrap();
+        let e = Evaluation {
+            mode: spec.tuning.mode,
+            fingerprint: fingerprint(&cfg),
+            from: st.setting,
+            decision: &d,
+            observation: obs,
+            now: ts,
+        };
+        (record(old, &e), d)
+    }
+
+    #[test]
+    fn auto_records_an_applied_decision_and_a_restart_does_not_repeat_it() {
+        let s = spec("auto");
+        let (first, d) = evaluate(&s, None, 1e9);
+        assert_eq!(first.history.len(), 1);
+        let last = first.last_decision.clone().unwrap();
+        assert!(last.applied);
+        assert_eq!(
+            last.from,
+            WorkerSetting {
+                workers: 5,
+                threads: 4
+            }
+        );
+        assert_eq!(first.setting, Some(worker_setting(d.setting)));
+        assert_eq!(last.signals.request_rate, Some(1.0));
+        // A restarted operator reads the same status a minute later: within the cooldown it
+        // holds at the tuned setting instead of deciding again from the formulas.
+        let slots = f64::from(d.setting.slots());
+        let better = Observation {
+            request_rate: Some(slots / 20.0),
+            drop_rate: Some(50.0 - slots / 20.0),
+            cpu_cores: Some(slots / 20.0 * 0.02),
+            ..overloaded()
+        };
+        let (second, held) = evaluate_with(&s, Some(&first), 1e9 + 60.0, &better);
+        assert_eq!(held.setting, d.setting);
+        assert!(held.reason.contains("cooldown"), "{}", held.reason);
+        assert_eq!(second.history.len(), 1);
+        assert_eq!(second.last_decision, first.last_decision);
+        let learned = second
+            .model
+            .as_ref()
+            .unwrap()
+            .cpu_per_request_seconds
+            .unwrap();
+        assert!((learned - 0.02).abs() < 1e-9, "{learned}");
+    }
+
+    #[test]
+    fn recommend_reports_without_applying_and_does_not_repeat_itself() {
+        let s = spec("recommend");
+        let (first, d) = evaluate(&s, None, 1e9);
+        let last = first.last_decision.clone().unwrap();
+        assert!(!last.applied);
+        assert_ne!(
+            d.setting,
+            Setting {
+                workers: 5,
+                threads: 4
+            }
+        );
+        // recommend starts from the formulas' setting every time (the pods run it).
+        let (second, _) = evaluate(&s, Some(&first), 1e9 + 60.0);
+        assert_eq!(
+            second.history.len(),
+            1,
+            "the same recommendation is not recorded twice"
+        );
+        assert_eq!(second.last_change_time, None);
+    }
+
+    #[test]
+    fn history_is_bounded_and_oldest_first() {
+        let s = spec("auto");
+        let mut status: Option<TuningStatus> = None;
+        for i in 0..15 {
+            let mut old = status.clone().unwrap_or_default();
+            // Forget the setting so every evaluation is a change from the formulas.
+            old.setting = None;
+            old.last_change_time = None;
+            old.tuned_for = status
+                .as_ref()
+                .map(|t| t.tuned_for.clone())
+                .unwrap_or_default();
+            let (next, _) = evaluate(
+                &s,
+                status.as_ref().map(|_| &old),
+                1e9 + f64::from(i) * 1000.0,
+            );
+            status = Some(next);
+        }
+        let h = status.unwrap().history;
+        assert_eq!(h.len(), HISTORY);
+        assert!(h.windows(2).all(|w| w[0].time.0 < w[1].time.0));
+    }
+
+    #[test]
+    fn new_resources_start_over_from_the_formulas() {
+        let s = spec("auto");
+        let (first, _) = evaluate(&s, None, 1e9);
+        let mut bigger = s.clone();
+        bigger.resources =
+            serde_json::from_value(serde_json::json!({"limits": {"cpu": "4", "memory": "8Gi"}}))
+                .unwrap();
+        let p = plan(&bigger, &[]).unwrap();
+        let sized = p.sized.as_ref().unwrap();
+        let st = state(
+            TuningMode::Auto,
+            &config(&bigger, sized),
+            sized,
+            Some(&first),
+        );
+        assert_eq!(st.setting, static_setting(sized));
+        assert_eq!(st.last_change, None);
+        assert_eq!(st.learned, Learned::default());
+    }
+
+    #[test]
+    fn a_tuned_plan_renders_the_tuned_numbers() {
+        let s = spec("auto");
+        let p = plan(&s, &[]).unwrap();
+        let tuned = with_setting(
+            &p,
+            &s,
+            Setting {
+                workers: 7,
+                threads: 30,
+            },
+        );
+        let env: std::collections::BTreeMap<_, _> = tuned
+            .settings
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["GUNICORN_WORKERS"], "7");
+        assert_eq!(env["GUNICORN_THREADS"], "30");
+        let explanation = &tuned.sized.unwrap().sizing.explanation;
+        assert!(
+            explanation.starts_with("tuned to 7 workers × 30 threads (the formulas gave 5×4"),
+            "{explanation}"
+        );
+    }
+
+    #[test]
+    fn events_for_a_decision_and_for_conditions_that_turn_bad() {
+        let s = spec("auto");
+        let (tuned, d) = evaluate(&s, None, 1e9);
+        let now = Time(Timestamp::from_second(1_000_000_000).unwrap());
+        let new = AppServerStatus {
+            tuning: Some(tuned),
+            conditions: conditions(&d, TuningMode::Auto, Some(1), &now).to_vec(),
+            ..Default::default()
+        };
+        let n = notices(None, &new);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].reason, "Tuned");
+        assert!(n[0].note.starts_with("5×4 → "), "{}", n[0].note);
+        assert!(
+            notices(Some(&new), &new).is_empty(),
+            "nothing new, no Event"
+        );
+        let mut held = d.clone();
+        held.flag = Some(Flag::MetricsUnavailable);
+        held.reason = "holding 5×4: no data for latencyP95".into();
+        let bad = AppServerStatus {
+            conditions: conditions(&held, TuningMode::Auto, Some(1), &now).to_vec(),
+            ..new.clone()
+        };
+        let n = notices(Some(&new), &bad);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!((n[0].warning, n[0].reason), (true, "MetricsUnavailable"));
+    }
+}
