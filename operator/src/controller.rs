@@ -417,14 +417,23 @@ fn report_tuning(
     );
     new.tuning = Some(record);
     let old_status = old.cloned().unwrap_or_default();
-    for c in tuning::conditions(
+    let fresh = tuning::conditions(
         &ev.decision,
         aps.spec.tuning.mode,
         aps.metadata.generation,
         &Time(now),
-    ) {
+    );
+    // A condition the decision says nothing about stays as it was (after Tuning, as always).
+    let kept: Vec<_> = old_status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == tuning::CPU_SATURATED && !fresh.iter().any(|f| f.type_ == c.type_))
+        .cloned()
+        .collect();
+    for c in fresh {
         new.conditions.push(report::merge(&old_status, c));
     }
+    new.conditions.extend(kept);
 }
 
 /// Between observations the tuner's conditions stay as the last one left them.

@@ -42,8 +42,10 @@ pub struct Report {
     pub final_goodput: f64,
     pub final_p95_seconds: Option<f64>,
     pub optimum: Best,
-    /// Final goodput / the optimum's.
-    pub ratio: f64,
+    /// Final goodput / the optimum's; `None` when nothing can serve within the target.
+    pub ratio: Option<f64>,
+    /// The tuner's sentence for the last window.
+    pub last_reason: String,
     pub oom_kills: u32,
 }
 
@@ -66,11 +68,12 @@ pub fn simulate(a: &SimulateArgs) -> Result<Report, SimulateError> {
         final_setting,
         final_goodput,
         final_p95_seconds: served.latency(0.95),
-        ratio: if optimum.goodput > 0.0 {
-            final_goodput / optimum.goodput
-        } else {
-            1.0
-        },
+        ratio: (optimum.goodput > 0.0).then(|| final_goodput / optimum.goodput),
+        last_reason: run
+            .windows
+            .last()
+            .map(|w| w.reason.clone())
+            .unwrap_or_default(),
         optimum,
         oom_kills: run.oom_kills,
     })
@@ -175,7 +178,10 @@ pub fn render_text(r: &Report) -> String {
         r.start, r.start_goodput
     );
     if r.decisions.is_empty() {
-        out += "decisions: none (the start was already right)\n";
+        out += &format!(
+            "decisions: none; the tuner's last word: {}\n",
+            r.last_reason
+        );
     } else {
         out += "decisions:\n";
         for s in &r.decisions {
@@ -187,11 +193,14 @@ pub fn render_text(r: &Report) -> String {
         "final: {} workers × {} threads → goodput {:.1} req/s within {target} (p95 {p95})\n",
         r.final_setting.workers, r.final_setting.threads, r.final_goodput
     );
+    let ratio = r
+        .ratio
+        .map_or("n/a (no setting serves within the target)".into(), |x| {
+            format!("{:.0}%", x * 100.0)
+        });
     out += &format!(
-        "sweep optimum: {} → goodput {:.1} req/s; tuned/optimum = {:.0}%\n",
-        r.optimum.setting,
-        r.optimum.goodput,
-        r.ratio * 100.0
+        "sweep optimum: {} → goodput {:.1} req/s; tuned/optimum = {ratio}\n",
+        r.optimum.setting, r.optimum.goodput
     );
     out += &format!("OOM kills on the way: {}\n", r.oom_kills);
     out

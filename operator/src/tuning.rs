@@ -91,7 +91,13 @@ pub fn state(
             lower_since: st.scale_down_since.as_ref().map(seconds),
             learned,
         },
-        _ => State { learned, ..fresh },
+        // The pods keep the formulas' setting, but how long a lower one has looked right is
+        // remembered, so recommend can recommend stepping down too.
+        _ => State {
+            learned,
+            lower_since: st.scale_down_since.as_ref().map(seconds),
+            ..fresh
+        },
     }
 }
 
@@ -148,9 +154,9 @@ pub fn record(old: Option<&TuningStatus>, e: &Evaluation<'_>) -> TuningStatus {
     let to = worker_setting(d.setting);
     let previous = next.setting;
     next.setting = Some(to);
+    next.scale_down_since = d.state.lower_since.map(time);
     if e.mode == TuningMode::Auto {
         next.last_change_time = d.state.last_change.map(time);
-        next.scale_down_since = d.state.lower_since.map(time);
     }
     let news = match e.mode {
         TuningMode::Auto => d.setting != e.from,
@@ -173,13 +179,14 @@ pub fn record(old: Option<&TuningStatus>, e: &Evaluation<'_>) -> TuningStatus {
     next
 }
 
-/// The Tuning and CpuSaturated conditions for a decision.
+/// The Tuning and CpuSaturated conditions for a decision. A hold for missing metrics or no
+/// traffic says nothing about the CPU, so it leaves CpuSaturated out (the old one stays).
 pub fn conditions(
     d: &Decision,
     mode: TuningMode,
     generation: Option<i64>,
     now: &Time,
-) -> [Condition; 2] {
+) -> Vec<Condition> {
     let (ok, reason) = match d.flag {
         Some(Flag::MetricsUnavailable) => (false, "MetricsUnavailable"),
         Some(Flag::NoTraffic) => (false, "NoTraffic"),
@@ -188,30 +195,29 @@ pub fn conditions(
         Some(Flag::CpuSaturated) | None if mode == TuningMode::Auto => (true, "Tuning"),
         Some(Flag::CpuSaturated) | None => (true, "Recommending"),
     };
+    let tuning = cond(TUNING, ok, reason, d.reason.clone(), generation, now);
+    if matches!(d.flag, Some(Flag::MetricsUnavailable | Flag::NoTraffic)) {
+        return vec![tuning];
+    }
     let saturated = d.flag == Some(Flag::CpuSaturated);
-    let cpu_message = if saturated {
-        format!(
+    let (cpu_reason, cpu_message) = if saturated {
+        let m = format!(
             "the CPU limit limits this AppServer, more concurrency would not help: add CPU or replicas. {}",
             d.reason
-        )
+        );
+        ("CpuSaturated", m)
     } else {
-        String::new()
+        ("AsExpected", String::new())
     };
-    [
-        cond(TUNING, ok, reason, d.reason.clone(), generation, now),
-        cond(
-            CPU_SATURATED,
-            saturated,
-            if saturated {
-                "CpuSaturated"
-            } else {
-                "AsExpected"
-            },
-            cpu_message,
-            generation,
-            now,
-        ),
-    ]
+    let cpu = cond(
+        CPU_SATURATED,
+        saturated,
+        cpu_reason,
+        cpu_message,
+        generation,
+        now,
+    );
+    vec![tuning, cpu]
 }
 
 fn cond(
@@ -261,7 +267,9 @@ pub fn notices(old: Option<&AppServerStatus>, new: &AppServerStatus) -> Vec<Noti
         };
         let before = old.and_then(get);
         if let Some((status, reason, message)) = get(new) {
+            // No traffic is worth a condition, not a Warning every quiet night.
             let turned = status == bad_when
+                && reason != "NoTraffic"
                 && before.as_ref().map(|b| (&b.0, &b.1)) != Some((&status, &reason));
             if turned {
                 out.push(Notice {
@@ -553,7 +561,7 @@ mod tests {
         let now = Time(Timestamp::from_second(1_000_000_000).unwrap());
         let new = AppServerStatus {
             tuning: Some(tuned),
-            conditions: conditions(&d, TuningMode::Auto, Some(1), &now).to_vec(),
+            conditions: conditions(&d, TuningMode::Auto, Some(1), &now),
             ..Default::default()
         };
         let n = notices(None, &new);
@@ -568,7 +576,7 @@ mod tests {
         held.flag = Some(Flag::MetricsUnavailable);
         held.reason = "holding 5×4: no data for latencyP95".into();
         let bad = AppServerStatus {
-            conditions: conditions(&held, TuningMode::Auto, Some(1), &now).to_vec(),
+            conditions: conditions(&held, TuningMode::Auto, Some(1), &now),
             ..new.clone()
         };
         let n = notices(Some(&new), &bad);

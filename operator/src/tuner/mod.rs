@@ -2,10 +2,9 @@
 //!
 //! It computes where to go from a model of the workload (see [`estimate`] and [`target`]) and
 //! moves there in one bounded step. Safety rules come first and in this order: an OOM kill cuts
-//! workers at once; unusable signals hold the last good setting; a cooldown spaces changes; a
-//! saturated CPU never gets more concurrency; scale-down waits for a stabilization window;
-//! hysteresis ignores small moves; every change is bounded by min/max, a maximum step and the
-//! memory cap.
+//! workers at once; unusable signals hold the last good setting; a saturated CPU never gets more
+//! concurrency; hysteresis ignores small moves; a cooldown spaces changes; scale-down waits for a
+//! stabilization window. Every change is bounded by min/max, a maximum step and the memory cap.
 
 pub mod estimate;
 pub mod target;
@@ -229,7 +228,7 @@ impl Seen {
     }
 }
 
-/// Cooldown, CPU saturation, stabilization and hysteresis, in that order.
+/// CPU saturation, hysteresis, cooldown and stabilization, in that order.
 fn guard(
     cfg: &Config,
     state: &State,
