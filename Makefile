@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run down test unit e2e lint crd build image helm-lint
+.PHONY: run down test unit e2e lint crd build image helm-lint bench
 
 ## The operator on a local cluster with a sample AppServer; Ctrl-C tears it down.
 run:
@@ -47,3 +47,7 @@ build:
 image:
 	image/build.sh
 	image/check.sh
+
+## The tuning-quality benchmark: docs/benchmark.{md,json,png} (a venv for the chart on first use).
+bench:
+	bench/run.sh

@@ -183,6 +183,18 @@ fn ml_server_with_a_wrong_estimate_is_oom_killed_once_then_converges() {
     }
 }
 
+/// Many workers at a high load: noise must not make it swing between neighbours.
+#[test]
+fn large_pods_do_not_churn() {
+    let mut scn = llm_proxy(8.0);
+    scn.load = Load::constant(143.0);
+    scn.duration = 7200.0;
+    let run = sim::run(&scn).unwrap();
+    let story = describe("llm proxy, 143 req/s", &scn, &run);
+    assert!(run.steps.len() <= 3, "{} decisions\n{story}", run.steps.len());
+    assert_converges("llm proxy, 143 req/s", &scn);
+}
+
 #[test]
 fn converges_under_other_noise_seeds() {
     for seed in 2..6 {

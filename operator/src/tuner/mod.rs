@@ -333,10 +333,12 @@ fn change_reason(
     out
 }
 
-/// A move of less than the hysteresis band in slots and at most one worker.
+/// A move within the hysteresis band, in slots and in workers (at least one worker: on few
+/// workers any move is a big one; on many, noise alone moves a few).
 fn small(a: Setting, b: Setting) -> bool {
     let (x, y) = (f64::from(a.slots()), f64::from(b.slots()));
-    (x - y).abs() <= HYSTERESIS * x.max(1.0) && a.workers.abs_diff(b.workers) <= 1
+    let workers_band = (HYSTERESIS * f64::from(a.workers)).floor().max(1.0) as u32;
+    (x - y).abs() <= HYSTERESIS * x.max(1.0) && a.workers.abs_diff(b.workers) <= workers_band
 }
 
 /// Bounds a move to ×4 up and ÷2 down per count. Threads are then chosen for the slots the
