@@ -49,8 +49,11 @@ kubectl wait --for condition=established --timeout=60s crd/appservers.appserver.
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log "starting the operator (log: $OPERATOR_LOG)"
+# Tuning on a test's time scale: observe every 2s over a 10s window, from the cluster's
+# Prometheus (tests/tuning.rs and tests/closed_loop.rs count on these numbers).
 RUST_LOG=${RUST_LOG:-info,kube=warn} "$REPO/target/debug/appserver-operator" run \
-  --metrics-addr "127.0.0.1:$port" >"$OPERATOR_LOG" 2>&1 &
+  --metrics-addr "127.0.0.1:$port" \
+  --tune-interval 2s --tune-window 10s --prometheus-url "$PROMETHEUS_URL" >"$OPERATOR_LOG" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 60); do
   curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
@@ -61,7 +64,7 @@ curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { log "the operator never
 
 # Test files that need the shared operator, and those that start their own operators and so
 # must run while it is stopped (they would otherwise both reconcile the same objects).
-WITH_OPERATOR=(static_mode argocd_health)
+WITH_OPERATOR=(static_mode argocd_health tuning closed_loop)
 STANDALONE=(leader_election install)
 targets() { local t; for t in "$@"; do [[ -f $E2E_DIR/tests/$t.rs ]] && printf -- '--test %s ' "$t"; done; }
 

@@ -2,6 +2,8 @@
 //! runs as a separate process started by `e2e/run-tests.sh`; tests talk to the API server
 //! through the KUBECONFIG that script exports, each in a namespace of its own.
 
+pub mod emulator;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;

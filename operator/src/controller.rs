@@ -102,6 +102,8 @@ pub struct Context {
     /// When each AppServer was last observed: status writes and rollouts wake the reconciler far
     /// more often than Prometheus should be asked.
     observed: Mutex<HashMap<String, Instant>>,
+    /// Since when each AppServer's signals have had data (see [`Context::full_window`]).
+    has_data: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -116,6 +118,7 @@ impl Context {
             observer: Observer::new(),
             backoff: Mutex::default(),
             observed: Mutex::default(),
+            has_data: Mutex::default(),
         }
     }
 
@@ -136,6 +139,35 @@ impl Context {
                 map.insert(key.to_string(), now);
                 true
             }
+        }
+    }
+
+    /// Whether an observation covers a whole window of data: rates over a window that only
+    /// partly has samples (new pods, a Prometheus that just came back) under-read, so the first
+    /// window after data appears is waited out. An OOM kill or no data at all is acted on (or
+    /// reported) at once.
+    fn full_window(&self, key: &str, o: &Observation) -> bool {
+        let Ok(mut map) = self.has_data.lock() else {
+            return true;
+        };
+        if o.oom_kills > 0 {
+            return true;
+        }
+        if o.request_rate.is_none() {
+            map.remove(key);
+            return true;
+        }
+        let since = *map.entry(key.to_string()).or_insert_with(Instant::now);
+        let full = since.elapsed() >= self.tuning.window;
+        if !full {
+            debug!(appserver = key, "waiting for a full window of signals");
+        }
+        full
+    }
+
+    fn forget_window(&self, key: &str) {
+        if let Ok(mut map) = self.has_data.lock() {
+            map.remove(key);
         }
     }
 
@@ -314,6 +346,7 @@ async fn tune(ctx: &Context, aps: &AppServer, namespace: &str, key: &str, plan: 
     let evaluation = if ctx.due(key) {
         observe(ctx, aps, namespace, &state, now)
             .await
+            .filter(|(observation, _)| ctx.full_window(key, observation))
             .map(|(observation, issues)| {
                 let secs = now.as_millisecond() as f64 / 1000.0;
                 let mut decision = tuner::decide(&cfg, &state, &observation, secs);
@@ -321,6 +354,10 @@ async fn tune(ctx: &Context, aps: &AppServer, namespace: &str, key: &str, plan: 
                     decision.reason = format!("{} ({})", decision.reason, issues.join("; "));
                 }
                 info!(from = %state.setting, to = %decision.setting, "{}", decision.reason);
+                if decision.setting != state.setting {
+                    // The next window must show the new setting alone.
+                    ctx.forget_window(key);
+                }
                 Evaluated {
                     fingerprint: tuning::fingerprint(&cfg),
                     from: state.setting,

@@ -9,6 +9,9 @@ use appserver_operator::cli::{BacklogArgs, Cli, Command, Output, RunArgs};
 use appserver_operator::{controller, crd, http, leader, offline, simulate, telemetry};
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS client in the process (kube's and Prometheus's); an
+    // error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => crd::yaml()

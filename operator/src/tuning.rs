@@ -153,7 +153,11 @@ pub fn record(old: Option<&TuningStatus>, e: &Evaluation<'_>) -> TuningStatus {
     next.model = Some(model_of(&d.state.learned));
     let to = worker_setting(d.setting);
     let previous = next.setting;
-    next.setting = Some(to);
+    // Holding blind says nothing new: a recommendation stands until the tuner can see again.
+    let blind = matches!(d.flag, Some(Flag::MetricsUnavailable | Flag::NoTraffic));
+    if !(blind && e.mode != TuningMode::Auto && previous.is_some()) {
+        next.setting = Some(to);
+    }
     next.scale_down_since = d.state.lower_since.map(time);
     if e.mode == TuningMode::Auto {
         next.last_change_time = d.state.last_change.map(time);
@@ -479,6 +483,14 @@ mod tests {
             "the same recommendation is not recorded twice"
         );
         assert_eq!(second.last_change_time, None);
+        // Blind, the tuner holds; the recommendation stands.
+        let blind = Observation {
+            request_rate: None,
+            ..overloaded()
+        };
+        let (third, held) = evaluate_with(&s, Some(&second), 1e9 + 120.0, &blind);
+        assert_eq!(held.flag, Some(Flag::MetricsUnavailable));
+        assert_eq!(third.setting, second.setting);
     }
 
     #[test]

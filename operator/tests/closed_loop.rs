@@ -191,7 +191,11 @@ fn large_pods_do_not_churn() {
     scn.duration = 7200.0;
     let run = sim::run(&scn).unwrap();
     let story = describe("llm proxy, 143 req/s", &scn, &run);
-    assert!(run.steps.len() <= 3, "{} decisions\n{story}", run.steps.len());
+    assert!(
+        run.steps.len() <= 3,
+        "{} decisions\n{story}",
+        run.steps.len()
+    );
     assert_converges("llm proxy, 143 req/s", &scn);
 }
 

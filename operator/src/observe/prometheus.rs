@@ -120,6 +120,9 @@ impl Observer {
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
         }
+        // reqwest's rustls has no crypto provider of its own here (see Cargo.toml): make sure
+        // the process has one, also when the library is used without our main().
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_from(url).map_err(|e| ObserveError::InvalidUrl {
             url: url.to_string(),
             detail: chain(&e),

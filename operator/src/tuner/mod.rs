@@ -247,7 +247,9 @@ fn guard(
         );
         return hold(state, reason, Some(Flag::CpuSaturated));
     }
-    let flag = (ideal.cpu_bound || saturated).then_some(Flag::CpuSaturated);
+    // Only a CPU that is full, or that the plan would fill without adding concurrency, is
+    // reported: a change that adds concurrency towards the CPU's capacity is not saturation.
+    let flag = (saturated || ideal.cpu_bound && !more).then_some(Flag::CpuSaturated);
     if wanted == current || small(current, wanted) && seen.p95 <= cfg.latency_target {
         let reason = format!(
             "holding {current}: {why}; the best setting is within {:.0}%",
