@@ -17,8 +17,10 @@ down:
 ## Every test: unit, property and mocked-API tests, then the end-to-end suite.
 test: unit e2e
 
-## Unit, property and mocked-API tests (no cluster).
+## Unit, property and mocked-API tests (no cluster; the observer's tests start a Prometheus,
+## installed from Debian's packages on first use).
 unit:
+	e2e/cluster.sh prometheus
 	$(CARGO) test --workspace --exclude appserver-e2e --all-targets
 
 ## The end-to-end suite on a local control plane (builds it on first use).

@@ -458,6 +458,8 @@ usage: $0 COMMAND
   env                           print eval-able exports (KUBECONFIG, PROMETHEUS_URL, ...)
   logs                          tail every component log (LOG_LINES=50)
   oom NAMESPACE POD [CONTAINER] make a container look OOM-killed
+  prometheus                    install Debian's prometheus if it is missing (the observer's
+                                unit tests start one too)
   kubectl ARGS...               run the pinned kubectl as the cluster admin
 EOF
   exit 2
@@ -470,6 +472,7 @@ case ${1:-} in
   env) cmd_env ;;
   logs) cmd_logs ;;
   oom) shift; cmd_oom "$@" ;;
+  prometheus) ensure_prometheus ;;
   kubectl) shift; require_up; kubectl "$@" ;;
   *) usage ;;
 esac
