@@ -61,12 +61,16 @@ def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     s = _param(query, "s", DEFAULT_S)
     d = _param(query, "d", DEFAULT_D)
-    wall = time.monotonic()
+    t0 = time.monotonic()
     cpu = burn(s) if s > 0 else 0.0
+    t1 = time.monotonic()
     if d > 0:
         time.sleep(d)
-    wall = time.monotonic() - wall
-    body = b'{"cpu":%.6f,"wall":%.6f,"pid":%d}\n' % (cpu, wall, os.getpid())
+    t2 = time.monotonic()
+    # What the request did in the handler: CPU used, wall time of the CPU part (longer than
+    # `cpu` when the GIL or the core was busy elsewhere) and of the sleep, and which worker.
+    body = b'{"cpu":%.6f,"wall":%.6f,"burn_wall":%.6f,"sleep_wall":%.6f,"pid":%d}\n' % (
+        cpu, t2 - t0, t1 - t0, t2 - t1, os.getpid())
     start_response(
         "200 OK",
         [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],

@@ -225,7 +225,7 @@ async def run(args):
             errors["unfinished"] = errors.get("unfinished", 0) + 1
 
     # What the app said it did: CPU and wall time inside the handler, and which worker.
-    app_cpu, app_wall, per_pid = [], [], {}
+    app_cpu, app_wall, burn_wall, sleep_wall, per_pid = [], [], [], [], {}
     for r in ok:
         try:
             b = json.loads(r.body)
@@ -233,6 +233,8 @@ async def run(args):
             continue
         app_cpu.append(b.get("cpu", 0.0))
         app_wall.append(b.get("wall", 0.0))
+        burn_wall.append(b.get("burn_wall", 0.0))
+        sleep_wall.append(b.get("sleep_wall", 0.0))
         pid = str(b.get("pid"))
         per_pid[pid] = per_pid.get(pid, 0) + 1
 
@@ -256,6 +258,8 @@ async def run(args):
         "app_cpu_mean": sum(app_cpu) / len(app_cpu) if app_cpu else None,
         "app_wall_mean": sum(app_wall) / len(app_wall) if app_wall else None,
         "app_wall_p95": percentile(sorted(app_wall), 0.95),
+        "app_burn_wall_mean": sum(burn_wall) / len(burn_wall) if burn_wall else None,
+        "app_sleep_wall_mean": sum(sleep_wall) / len(sleep_wall) if sleep_wall else None,
         "per_worker": per_pid,
         "send_lag_p99": percentile(lag, 0.99),
         "send_lag_max": lag[-1] if lag else None,

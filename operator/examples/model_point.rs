@@ -30,6 +30,8 @@ struct Point {
     s: f64,
     d: f64,
     rps: f64,
+    /// Squared coefficient of variation of the service time (1 = exponential, 0 = fixed).
+    cv2: f64,
     backlog: u32,
 }
 
@@ -121,6 +123,10 @@ fn parse(line: &str) -> Result<Point, BadLine> {
         s: non_negative(obj, "s")?,
         d: non_negative(obj, "d")?,
         rps: non_negative(obj, "rps")?,
+        cv2: match obj.get("cv2") {
+            None | Some(Value::Null) => 1.0,
+            Some(_) => non_negative(obj, "cv2")?,
+        },
         backlog,
     })
 }
@@ -134,6 +140,7 @@ fn evaluate(p: &Point) -> Value {
     };
     let mut workload = Workload::new(p.s, p.d);
     workload.backlog = p.backlog;
+    workload.service_cv2 = p.cv2;
     let out = serve(&pod, &workload, p.rps, 0.0);
     // The capacity: what the pod serves when offered far more than it can.
     let capacity = serve(&pod, &workload, 1e12, 0.0).throughput;

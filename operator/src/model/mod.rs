@@ -65,6 +65,9 @@ pub struct Workload {
     pub growth_mib_per_hour: f64,
     /// Listen backlog: connections that may wait for a worker before the kernel refuses more.
     pub backlog: u32,
+    /// Squared coefficient of variation of the service time: 1 for exponential (the M/M/m
+    /// default), 0 for fixed work per request. Scales the queueing wait by `(1 + cv²)/2`.
+    pub service_cv2: f64,
 }
 
 impl Workload {
@@ -79,6 +82,7 @@ impl Workload {
             per_slot_mib: 0.0,
             growth_mib_per_hour: 0.0,
             backlog: DEFAULT_BACKLOG,
+            service_cv2: 1.0,
         }
     }
 
@@ -171,9 +175,10 @@ pub fn serve(pod: &Pod, workload: &Workload, offered: f64, hours: f64) -> Servin
         0.0
     };
     let s = workload.cpu_per_request.max(1e-9);
+    let d = workload.wait_per_request.max(0.0);
     let service = workload.service().max(1e-9);
     let cpu = pod.usable_cpu();
-    let m = pod.slots().min(cpu * service / s);
+    let m = parallel_requests(pod, s, d, cpu);
     let memory = workload.memory_mib(pod, hours);
     let oom = pod.memory_mib.is_some_and(|limit| memory > limit);
     let memory_mib = match pod.memory_mib {
@@ -197,8 +202,15 @@ pub fn serve(pod: &Pod, workload: &Workload, offered: f64, hours: f64) -> Servin
     }
     let (throughput, queue, latency) = match wait(m, service, offered) {
         Some(w) => {
+            // Allen–Cunneen: less variable work waits less than the exponential assumption.
+            let variability = (1.0 + workload.service_cv2.max(0.0)) / 2.0;
+            let w = Wait {
+                p_wait: w.p_wait,
+                rate: w.rate / variability.max(1e-9),
+            };
             let rho = offered * service / m;
-            let queue = (w.p_wait * rho / (1.0 - rho)).min(f64::from(workload.backlog));
+            let queue =
+                (variability * w.p_wait * rho / (1.0 - rho)).min(f64::from(workload.backlog));
             (offered, queue, Latency::Queue { service, wait: w })
         }
         None => {
@@ -219,6 +231,21 @@ pub fn serve(pod: &Pod, workload: &Workload, offered: f64, hours: f64) -> Servin
         latency,
         ..base
     }
+}
+
+/// Requests in service at once: the tighter of the slots and the CPU. Worker processes that
+/// share a core run their CPU parts side by side (the kernel slices the core far finer than a
+/// request's CPU time) and so hold their slots for `d + s·k`, `k` growing from 1 when waiting
+/// dominates nothing (d ≪ s: another worker fills the core) to the processes per core when
+/// d ≥ s. Fitted to real gunicorn in docs/calibration.md.
+fn parallel_requests(pod: &Pod, s: f64, d: f64, cpu: f64) -> f64 {
+    if cpu <= 0.0 {
+        return 0.0;
+    }
+    let service = s + d;
+    let per_core = f64::from(pod.workers) / cpu;
+    let k = 1.0 + (per_core - 1.0).max(0.0) * (d / s).min(1.0);
+    (pod.slots() * service / (d + s * k)).min(cpu * service / s)
 }
 
 /// CFS throttles in a period when the quota runs out; with Poisson work that grows like a high
@@ -245,10 +272,11 @@ mod tests {
 
     #[test]
     fn io_bound_capacity_is_slots_over_latency() {
-        // LLM proxy: 20 ms CPU, 20 s waiting; 20 slots serve 20/20.02 ≈ 1 request/s.
+        // LLM proxy: 20 ms CPU, 20 s waiting; 20 slots of 5 processes on 2 cores hold a slot
+        // 20 s + 2.5 × 20 ms, so they serve 20/20.05 ≈ 1 request/s.
         let w = Workload::new(0.02, 20.0);
         let out = serve(&pod(2.0, 5, 4), &w, 50.0, 0.0);
-        assert!((out.throughput - 20.0 / 20.02).abs() < 1e-9);
+        assert!((out.throughput - 20.0 / 20.05).abs() < 1e-9);
         assert!((out.dropped - (50.0 - out.throughput)).abs() < 1e-9);
         assert_eq!(out.queue, 2048.0);
         assert_eq!(
@@ -285,13 +313,36 @@ mod tests {
     fn below_capacity_everything_is_served_and_latency_grows_with_load() {
         let w = Workload::new(0.03, 0.3);
         let light = serve(&pod(2.0, 5, 4), &w, 20.0, 0.0);
-        let heavy = serve(&pod(2.0, 5, 4), &w, 55.0, 0.0);
+        let heavy = serve(&pod(2.0, 5, 4), &w, 50.0, 0.0);
         assert_eq!(light.throughput, 20.0);
         assert_eq!(light.dropped, 0.0);
         let (l95, h95) = (light.latency(0.95).unwrap(), heavy.latency(0.95).unwrap());
         assert!(l95 >= 0.33 - 1e-9 && h95 > l95, "{l95} {h95}");
         assert!(heavy.queue > light.queue);
         assert!((light.cpu_cores - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn processes_sharing_a_core_hold_their_slots_longer() {
+        // Calibration: 3 sync workers on 1 core, 30 ms CPU + 50 ms waiting. Their CPU parts
+        // overlap, so a slot is held 50 + 3 × 30 ms: 3 / 0.14 ≈ 21.4 req/s, not 3 / 0.08.
+        let w = Workload::new(0.03, 0.05);
+        let out = serve(&pod(1.0, 3, 1), &w, 100.0, 0.0);
+        assert!((out.throughput - 3.0 / 0.14).abs() < 1e-9, "{out:?}");
+        // One worker per core, or no waiting: unchanged.
+        let one = serve(&pod(1.0, 1, 1), &w, 100.0, 0.0);
+        assert!((one.throughput - 1.0 / 0.08).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fixed_work_waits_half_as_long() {
+        let mut w = Workload::new(0.05, 0.0);
+        let exp = serve(&pod(1.0, 1, 1), &w, 14.0, 0.0);
+        w.service_cv2 = 0.0;
+        let fixed = serve(&pod(1.0, 1, 1), &w, 14.0, 0.0);
+        let wait = |s: &Serving| s.latency(0.95).unwrap() - 0.05;
+        assert!((wait(&fixed) - wait(&exp) / 2.0).abs() < 1e-9);
+        assert!((fixed.queue - exp.queue / 2.0).abs() < 1e-9);
     }
 
     #[test]
