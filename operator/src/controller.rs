@@ -133,6 +133,12 @@ impl Context {
             return false;
         };
         let now = Instant::now();
+        // AppServers deleted since are never observed again: forget them after a while.
+        let stale = self.tuning.interval.saturating_mul(10);
+        map.retain(|_, last| now.duration_since(*last) < stale);
+        if let Ok(mut data) = self.has_data.lock() {
+            data.retain(|k, _| map.contains_key(k) || k == key);
+        }
         match map.get(key) {
             Some(last) if now.duration_since(*last) < self.tuning.interval => false,
             _ => {

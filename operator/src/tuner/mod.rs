@@ -124,14 +124,6 @@ pub struct Decision {
     pub flag: Option<Flag>,
     /// The state to keep for the next decision.
     pub state: State,
-    /// An OOM kill decided this: act even within the cooldown.
-    pub urgent: bool,
-}
-
-impl Decision {
-    pub fn changed(&self, from: Setting) -> bool {
-        self.setting != from
-    }
 }
 
 /// Decides from one window of signals. `now` is seconds since the epoch.
@@ -303,7 +295,6 @@ fn guard(
             lower_since: None,
             ..*state
         },
-        urgent: false,
     }
 }
 
@@ -373,7 +364,6 @@ fn hold(state: &State, reason: String, flag: Option<Flag>) -> Decision {
         reason,
         flag,
         state: *state,
-        urgent: false,
     }
 }
 
@@ -430,7 +420,6 @@ fn oom_cut(cfg: &Config, state: &State, obs: &Observation, now: f64) -> Decision
             lower_since: None,
             learned,
         },
-        urgent: true,
     }
 }
 
