@@ -103,12 +103,22 @@ pub async fn apply(api: &Api<AppServer>, mut obj: Value) -> Result<AppServer> {
 
 /// Polls `check` every half second until it returns `Some`, or fails after [`CONVERGE`] with the
 /// last thing it saw.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
+    eventually_within(what, CONVERGE, check).await
+}
+
+/// [`eventually`] with a limit of its own, for what takes longer (tuning waits out windows and
+/// cooldowns).
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     let mut last = String::from("nothing yet");
     loop {
         match check().await {
@@ -117,7 +127,7 @@ where
             Err(e) => last = format!("{e:#}"),
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {CONVERGE:?} waiting for {what}; last error: {last}");
+            panic!("timed out after {limit:?} waiting for {what}; last error: {last}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

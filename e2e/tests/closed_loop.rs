@@ -31,24 +31,34 @@ fn appserver(name: &str, cpu: &str, memory: &str, class: &str, tuning: Value) ->
     })
 }
 
-async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last = String::from("nothing yet");
-    loop {
-        match check().await {
-            Ok(Some(v)) => return v,
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
+/// A test's namespace and APIs, with AppServer `api` applied from `obj`, its Deployment showing
+/// `var=want` (the formulas' numbers) and a pod running for the emulator to play.
+struct Loop {
+    client: kube::Client,
+    ns: TestNamespace,
+    apps: Api<AppServer>,
+    deployments: Api<Deployment>,
+}
+
+impl Loop {
+    async fn start(test: &str, obj: Value, var: &str, want: &str) -> Self {
+        let client = client().await;
+        let ns = TestNamespace::new(&client, test).await;
+        let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
+        apply(&apps, obj).await.unwrap();
+        deployment_env(&deployments, "api", var, want).await;
+        running(&ns, "api").await;
+        Self {
+            client,
+            ns,
+            apps,
+            deployments,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    async fn emulate(&self, rps: f64, workload: Workload) -> Emulator {
+        let script = Script { rps, workload };
+        Emulator::start(self.client.clone(), &self.ns.name, "api", script).await
     }
 }
 
@@ -62,7 +72,7 @@ async fn setting(deployments: &Api<Deployment>, name: &str) -> Result<(u32, u32)
 /// Waits for the AppServer's pods to run with the Deployment's current template.
 async fn running(ns: &TestNamespace, name: &str) {
     let pods = ns.api::<Pod>();
-    until("a running pod", CONVERGE, || async {
+    eventually_within("a running pod", CONVERGE, || async {
         let list = pods
             .list(&ListParams::default().labels(&format!("appserver.dev/name={name}")))
             .await?;
@@ -98,35 +108,21 @@ fn io_bound() -> Workload {
 /// (a) Load rises on an I/O-bound app: threads go up and p95 comes back under the target.
 #[tokio::test]
 async fn io_bound_load_rises_threads_go_up_and_p95_recovers() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "loop-io").await;
-    let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
     let tuning =
         json!({"mode": "auto", "targets": {"latencyP95": "1s"}, "workers": {"min": 1, "max": 8}});
-    apply(&apps, appserver("api", "1", "2Gi", "gthread", tuning))
-        .await
-        .unwrap();
+    let obj = appserver("api", "1", "2Gi", "gthread", tuning);
     // 1 CPU, io-bound: (2 × 1) + 1 = 3 workers × 4 threads = 12 slots, ~57 req/s at 210 ms.
-    deployment_env(&deployments, "api", "GUNICORN_THREADS", "4").await;
-    running(&ns, "api").await;
-    let emu = Emulator::start(
-        client.clone(),
-        &ns.name,
-        "api",
-        Script {
-            rps: 20.0,
-            workload: io_bound(),
-        },
-    )
-    .await;
+    let lp = Loop::start("loop-io", obj, "GUNICORN_THREADS", "4").await;
+    let (apps, deployments) = (&lp.apps, &lp.deployments);
+    let emu = lp.emulate(20.0, io_bound()).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     emu.set_rps(150.0);
-    let (w, t) = until("threads to go up", TUNE, || async {
-        let (w, t) = setting(&deployments, "api").await?;
+    let (w, t) = eventually_within("threads to go up", TUNE, || async {
+        let (w, t) = setting(deployments, "api").await?;
         Ok((t > 4 && w * t > 12).then_some((w, t)))
     })
     .await;
-    let s = status(&apps, "api").await.unwrap();
+    let s = status(apps, "api").await.unwrap();
     let d = s
         .tuning
         .and_then(|t| t.last_decision)
@@ -138,11 +134,11 @@ async fn io_bound_load_rises_threads_go_up_and_p95_recovers() {
         d.reason
     );
     // The model, fed the new setting, serves the load under the 1 s target.
-    until(
+    eventually_within(
         "p95 under the target with the tuned setting",
         TUNE,
         || async {
-            let (w2, t2) = setting(&deployments, "api").await?;
+            let (w2, t2) = setting(deployments, "api").await?;
             let serving = emu.serving();
             let all_good = !serving.is_empty()
                 && serving
@@ -154,87 +150,60 @@ async fn io_bound_load_rises_threads_go_up_and_p95_recovers() {
     .await;
     assert_eq!(emu.oom_kills(), 0);
     drop(emu);
-    ns.delete().await;
+    lp.ns.delete().await;
 }
 
 /// (b) Per-worker memory grows past what the limit holds: one OOM kill, workers cut at once,
 /// and no second kill.
 #[tokio::test]
 async fn memory_growth_oom_kill_cuts_workers_once() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "loop-oom").await;
-    let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
     let tuning = json!({"mode": "auto", "targets": {"latencyP95": "1s"}});
     let mut obj = appserver("api", "2", "1Gi", "gthread", tuning);
     obj["spec"]["memory"] = json!({"baseMiB": 200, "perWorkerMiB": 100});
-    apply(&apps, obj).await.unwrap();
     // 2 CPU: 5 workers × 4 threads; memory 200 + 5 × 100 MiB fits in 1 GiB.
-    deployment_env(&deployments, "api", "GUNICORN_WORKERS", "5").await;
-    running(&ns, "api").await;
+    let lp = Loop::start("loop-oom", obj, "GUNICORN_WORKERS", "5").await;
+    let (apps, deployments) = (&lp.apps, &lp.deployments);
     let mut w = io_bound();
     w.per_worker_mib = 100.0;
-    let emu = Emulator::start(
-        client.clone(),
-        &ns.name,
-        "api",
-        Script {
-            rps: 10.0,
-            workload: w,
-        },
-    )
-    .await;
+    let emu = lp.emulate(10.0, w).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(emu.oom_kills(), 0, "no kill before the growth");
     // A cache fills: 250 MiB per worker; 5 workers need 1450 MiB of the 1024.
     emu.update(|s| s.workload.per_worker_mib = 250.0);
-    until("the OOM kill", CONVERGE, || async {
+    eventually_within("the OOM kill", CONVERGE, || async {
         Ok((emu.oom_kills() >= 1).then_some(()))
     })
     .await;
-    let (workers, _) = until("workers cut", CONVERGE, || async {
-        let (w, t) = setting(&deployments, "api").await?;
+    let (workers, _) = eventually_within("workers cut", CONVERGE, || async {
+        let (w, t) = setting(deployments, "api").await?;
         Ok((w < 5).then_some((w, t)))
     })
     .await;
     assert_eq!(workers, 1, "cut to the minimum at once");
-    let s = status(&apps, "api").await.unwrap();
+    let s = status(apps, "api").await.unwrap();
     let d = s.tuning.and_then(|t| t.last_decision).expect("a decision");
     assert!(d.reason.contains("OOM kill"), "{}", d.reason);
     // Workers may grow back as far as the measured 250 MiB each allows: (921 − 200) / 250 = 2.
     tokio::time::sleep(Duration::from_secs(90)).await;
-    let (w, _) = setting(&deployments, "api").await.unwrap();
+    let (w, _) = setting(deployments, "api").await.unwrap();
     assert!(w <= 2, "grew past what memory allows: {w}");
     assert_eq!(emu.oom_kills(), 1, "a second OOM kill");
     drop(emu);
-    ns.delete().await;
+    lp.ns.delete().await;
 }
 
 /// (c) A saturated CPU gets no more concurrency, and a condition says to add CPU or replicas.
 #[tokio::test]
 async fn saturated_cpu_adds_no_concurrency_and_says_add_cpu() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "loop-cpu").await;
-    let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
     let tuning = json!({"mode": "auto", "targets": {"latencyP95": "1s"}});
-    apply(&apps, appserver("api", "1", "2Gi", "sync", tuning))
-        .await
-        .unwrap();
+    let obj = appserver("api", "1", "2Gi", "sync", tuning);
     // 1 CPU, cpu-bound sync: CPU + 1 = 2 workers.
-    deployment_env(&deployments, "api", "GUNICORN_WORKERS", "2").await;
-    running(&ns, "api").await;
+    let lp = Loop::start("loop-cpu", obj, "GUNICORN_WORKERS", "2").await;
+    let (apps, deployments) = (&lp.apps, &lp.deployments);
     // 50 ms of CPU per request, 40 req/s: twice what one core serves.
-    let emu = Emulator::start(
-        client.clone(),
-        &ns.name,
-        "api",
-        Script {
-            rps: 40.0,
-            workload: Workload::new(0.05, 0.005),
-        },
-    )
-    .await;
-    let c = until("CpuSaturated=True", TUNE, || async {
-        let s = status(&apps, "api").await?;
+    let emu = lp.emulate(40.0, Workload::new(0.05, 0.005)).await;
+    let c = eventually_within("CpuSaturated=True", TUNE, || async {
+        let s = status(apps, "api").await?;
         Ok(cond(&s, "CpuSaturated")
             .filter(|c| c.status == "True")
             .cloned())
@@ -242,12 +211,12 @@ async fn saturated_cpu_adds_no_concurrency_and_says_add_cpu() {
     .await;
     assert!(c.message.contains("add CPU or replicas"), "{}", c.message);
     for _ in 0..20 {
-        let (w, _) = setting(&deployments, "api").await.unwrap();
+        let (w, _) = setting(deployments, "api").await.unwrap();
         assert_eq!(w, 2, "concurrency added to a saturated CPU");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     drop(emu);
-    ns.delete().await;
+    lp.ns.delete().await;
 }
 
 /// A Prometheus of the test's own, scraping the emulator directly, that can be stopped and
@@ -323,40 +292,26 @@ fn free_port() -> u16 {
 /// when it is back.
 #[tokio::test]
 async fn prometheus_outage_holds_then_resumes() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "loop-prom").await;
-    let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
-    let state = std::path::PathBuf::from(std::env::var("E2E_STATE_DIR").unwrap())
-        .join(format!("prom-{}", ns.name));
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let tuning = json!({"mode": "auto", "targets": {"latencyP95": "1s"}, "metrics": {"prometheus": {"url": url}}});
-    apply(&apps, appserver("api", "1", "2Gi", "gthread", tuning))
-        .await
-        .unwrap();
-    deployment_env(&deployments, "api", "GUNICORN_THREADS", "4").await;
-    running(&ns, "api").await;
-    let emu = Emulator::start(
-        client.clone(),
-        &ns.name,
-        "api",
-        Script {
-            rps: 20.0,
-            workload: io_bound(),
-        },
-    )
-    .await;
+    let obj = appserver("api", "1", "2Gi", "gthread", tuning);
+    let lp = Loop::start("loop-prom", obj, "GUNICORN_THREADS", "4").await;
+    let (apps, deployments) = (&lp.apps, &lp.deployments);
+    let state = std::path::PathBuf::from(std::env::var("E2E_STATE_DIR").unwrap())
+        .join(format!("prom-{}", lp.ns.name));
+    let emu = lp.emulate(20.0, io_bound()).await;
     let mut prom = OwnPrometheus::start(state, emu.address, port);
     assert_eq!(prom.url(), url);
-    until("the tuner reading this Prometheus", TUNE, || async {
-        let s = status(&apps, "api").await?;
+    eventually_within("the tuner reading this Prometheus", TUNE, || async {
+        let s = status(apps, "api").await?;
         Ok(cond(&s, "Tuning").filter(|c| c.status == "True").cloned())
     })
     .await;
-    let before = setting(&deployments, "api").await.unwrap();
+    let before = setting(deployments, "api").await.unwrap();
     prom.stop();
-    let c = until("Tuning=False MetricsUnavailable", TUNE, || async {
-        let s = status(&apps, "api").await?;
+    let c = eventually_within("Tuning=False MetricsUnavailable", TUNE, || async {
+        let s = status(apps, "api").await?;
         Ok(cond(&s, "Tuning")
             .filter(|c| c.status == "False" && c.reason == "MetricsUnavailable")
             .cloned())
@@ -367,60 +322,46 @@ async fn prometheus_outage_holds_then_resumes() {
     emu.set_rps(150.0);
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(
-        setting(&deployments, "api").await.unwrap(),
+        setting(deployments, "api").await.unwrap(),
         before,
         "changed while blind"
     );
     prom.resume();
-    until("Tuning=True again", TUNE, || async {
-        let s = status(&apps, "api").await?;
+    eventually_within("Tuning=True again", TUNE, || async {
+        let s = status(apps, "api").await?;
         Ok(cond(&s, "Tuning").filter(|c| c.status == "True").cloned())
     })
     .await;
-    until(
+    eventually_within(
         "tuning resumed: threads go up for the higher load",
         TUNE,
         || async {
-            let (w, t) = setting(&deployments, "api").await?;
+            let (w, t) = setting(deployments, "api").await?;
             Ok((w * t > before.0 * before.1).then_some(()))
         },
     )
     .await;
     drop(emu);
-    ns.delete().await;
+    lp.ns.delete().await;
 }
 
 /// (e) recommend mode: the recommendation is in status, the Deployment keeps the formulas.
 #[tokio::test]
 async fn recommend_mode_reports_and_changes_nothing() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "loop-rec").await;
-    let (apps, deployments) = (ns.api::<AppServer>(), ns.api::<Deployment>());
     let tuning = json!({"mode": "recommend", "targets": {"latencyP95": "1s"}});
-    apply(&apps, appserver("api", "1", "2Gi", "gthread", tuning))
-        .await
-        .unwrap();
-    deployment_env(&deployments, "api", "GUNICORN_THREADS", "4").await;
-    running(&ns, "api").await;
-    let emu = Emulator::start(
-        client.clone(),
-        &ns.name,
-        "api",
-        Script {
-            rps: 150.0,
-            workload: io_bound(),
-        },
-    )
-    .await;
-    let d = until("a recommendation", TUNE, || async {
-        let s = status(&apps, "api").await?;
+    let obj = appserver("api", "1", "2Gi", "gthread", tuning);
+    let lp = Loop::start("loop-rec", obj, "GUNICORN_THREADS", "4").await;
+    let (apps, deployments) = (&lp.apps, &lp.deployments);
+    let emu = lp.emulate(150.0, io_bound()).await;
+    let d = eventually_within("a recommendation", TUNE, || async {
+        let s = status(apps, "api").await?;
         Ok(s.tuning.and_then(|t| t.last_decision))
     })
     .await;
     assert!(!d.applied, "{d:?}");
     assert_eq!((d.from.workers, d.from.threads), (3, 4));
     assert!(d.to.workers * d.to.threads > 12, "{d:?}");
-    let s = status(&apps, "api").await.unwrap();
+    let s = status(apps, "api").await.unwrap();
     let t = s.tuning.expect("status.tuning");
     let rec = t.setting.expect("the recommended setting");
     assert_eq!(
@@ -430,18 +371,18 @@ async fn recommend_mode_reports_and_changes_nothing() {
     );
     for _ in 0..10 {
         assert_eq!(
-            setting(&deployments, "api").await.unwrap(),
+            setting(deployments, "api").await.unwrap(),
             (3, 4),
             "recommend changed the Deployment"
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let out = kubectl(&["describe", "appserver", "api", "-n", &ns.name], "").await;
+    let out = kubectl(&["describe", "appserver", "api", "-n", &lp.ns.name], "").await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Recommended"),
         "describe shows no Recommended event:\n{text}"
     );
     drop(emu);
-    ns.delete().await;
+    lp.ns.delete().await;
 }
