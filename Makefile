@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run down test unit e2e lint crd build image helm-lint bench
+.PHONY: run down test unit e2e lint core-deps crd build image helm-lint bench
 
 ## The operator on a local cluster with a sample AppServer; Ctrl-C tears it down.
 run:
@@ -27,9 +27,18 @@ unit:
 e2e:
 	e2e/run-tests.sh
 
-lint:
+lint: core-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Fails when the pure core (core/) gains a Kubernetes client, an async runtime or an HTTP stack
+## (docs/architecture.md). CRATE=appserver-operator shows what it would report.
+CRATE ?= appserver-core
+FORBIDDEN := kube-client|kube-runtime|tokio|hyper|reqwest|axum|tower|prometheus-http-query
+core-deps:
+	@bad=$$($(CARGO) tree -p $(CRATE) -e normal,build --prefix none | grep -oE '^($(FORBIDDEN)) v[^ ]+' | sort -u | tr '\n' ' '); \
+	if [ -n "$$bad" ]; then echo "$(CRATE) must stay pure, but depends on: $$bad" >&2; exit 1; fi; \
+	echo "$(CRATE): no $(FORBIDDEN)"
 
 ## Regenerate the committed CRD from the Rust types.
 crd:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Calibrates the workload model (operator/src/model) against a real gunicorn on this machine.
+# Calibrates the workload model (core/src/model) against a real gunicorn on this machine.
 #
 # A benchmark, not part of CI: it needs 2 cores, `taskset`, Python 3 and PyPI (for gunicorn), and
 # takes ~14 minutes. For each point (workers, threads, s, d) it starts gunicorn on
 # bench/calibrate/app.py pinned to core 1 (a pod with cpu=1), drives it from core 0 with the
 # open-loop generator bench/calibrate/loadgen.py at ~50 % and ~85 % of the model's capacity, and
-# compares the measured throughput and p95 with the model's (operator/examples/model_point.rs).
+# compares the measured throughput and p95 with the model's (core/examples/model_point.rs).
 # Writes docs/calibration.json (raw results) and docs/calibration.md (method, table, errors).
 #
 #   bench/calibrate/run.sh                 # the full run
@@ -71,7 +71,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 MODEL="$TARGET_DIR/debug/examples/model_point"
 log "building the model example"
 MODEL_BUILD=fresh
-if ! (cd "$ROOT" && cargo build -q -p appserver-operator --example model_point); then
+if ! (cd "$ROOT" && cargo build -q -p appserver-core --example model_point); then
     # The work tree may be mid-edit elsewhere; an example built before still has a model.
     if [[ -x "$MODEL" ]]; then
         log "WARNING: the build failed; using the model_point built before ($(date -r "$MODEL" '+%F %T'))"
@@ -280,7 +280,7 @@ A(f"""- **Server**: gunicorn {meta['gunicorn']} (Python {meta['python']}, Linux 
   of the **model's** capacity for the point; latency from the *scheduled* send time to the
   last byte, so the generator's own lateness and every queue count. {meta['warmup']:g} s of
   warm-up, then {meta['duration']:g} s measured per load, on the same server.
-- **Model**: `operator/examples/model_point.rs` (`model::serve` at the same offered rate,
+- **Model**: `core/examples/model_point.rs` (`model::serve` at the same offered rate,
   `cpu = 1`, nominal `s` and `d`). Also reported: **s_eff**, the CPU per request the server's
   processes really used (`/proc` utime+stime of master and workers over the window ÷
   completions), and **CPU phase**, the mean wall time of the app's busy loop (equal to `s`
@@ -507,7 +507,7 @@ if gil:
       "and hurts others in this run, so it is not proposed. The busy loop's timer costs "
       "nothing measurable.")
     A("")
-A("## Proposed change to `operator/src/model/mod.rs` (not applied)")
+A("## Proposed change to `core/src/model/mod.rs` (not applied)")
 A("")
 A("""1. In `serve`, the parallelism: replace
 

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use appserver_operator::model::{self, Pod as ModelPod, Serving, Workload};
-use appserver_operator::sizing::quantity_value;
+use appserver_core::model::{self, Pod as ModelPod, Serving, Workload};
+use appserver_core::sizing::quantity_value;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams};

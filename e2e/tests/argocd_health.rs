@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use appserver_core::api::AppServer;
 use appserver_e2e::*;
-use appserver_operator::api::AppServer;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 

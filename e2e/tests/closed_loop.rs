@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use appserver_core::api::AppServer;
+use appserver_core::model::Workload;
 use appserver_e2e::emulator::{Emulator, Script};
 use appserver_e2e::*;
-use appserver_operator::api::AppServer;
-use appserver_operator::model::Workload;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -86,15 +86,12 @@ async fn running(ns: &TestNamespace, name: &str) {
     .await;
 }
 
-async fn status(
-    apps: &Api<AppServer>,
-    name: &str,
-) -> Result<appserver_operator::api::AppServerStatus> {
+async fn status(apps: &Api<AppServer>, name: &str) -> Result<appserver_core::api::AppServerStatus> {
     Ok(apps.get(name).await?.status.unwrap_or_default())
 }
 
 fn cond<'a>(
-    s: &'a appserver_operator::api::AppServerStatus,
+    s: &'a appserver_core::api::AppServerStatus,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     s.conditions.iter().find(|c| c.type_ == type_)

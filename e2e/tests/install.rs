@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use anyhow::bail;
+use appserver_core::api::AppServer;
 use appserver_e2e::*;
-use appserver_operator::api::AppServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
@@ -198,7 +198,7 @@ fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
     out
 }
 
-/// What the operator does, from operator/src (controller.rs, leader.rs). Both installers must
+/// What the operator does, from operator/src (controller/, leader.rs). Both installers must
 /// grant exactly this; docs/install.md says why each one is needed.
 fn expected_cluster_grants() -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();

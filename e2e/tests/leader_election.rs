@@ -2,8 +2,8 @@
 //! takes over when the holder dies. Runs while no other operator is up (see e2e/run-tests.sh).
 
 use anyhow::bail;
+use appserver_core::api::AppServer;
 use appserver_e2e::*;
-use appserver_operator::api::AppServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use serde_json::json;

@@ -2,8 +2,8 @@
 //! drift repair, garbage collection, Degraded reporting and node-driven sizing.
 
 use anyhow::bail;
+use appserver_core::api::AppServer;
 use appserver_e2e::*;
-use appserver_operator::api::AppServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::events::v1::Event;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use appserver_core::api::{AppServer, TuningStatus, WorkerSetting};
 use appserver_e2e::*;
-use appserver_operator::api::{AppServer, TuningStatus, WorkerSetting};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;

@@ -25,8 +25,15 @@ pub enum LeaderError {
         namespace: String,
         source: LeaseManagerError,
     },
-    #[error("the lease manager stopped before this replica became the leader")]
-    Stopped,
+    #[error(
+        "the lease manager of {namespace}/{name} stopped before this replica became the leader: {cause}"
+    )]
+    Stopped {
+        name: String,
+        namespace: String,
+        /// What ended the manager's task (its error, or how it ended).
+        cause: String,
+    },
 }
 
 /// Held leadership: `lost()` resolves when it ends; dropping it releases the lease.
@@ -61,7 +68,7 @@ pub async fn acquire(client: Client, config: &LeaseConfig) -> Result<Leadership,
         .with_identity(&config.identity)
         .with_duration(duration)
         .with_grace((duration / 3).max(1))
-        .with_field_manager(crate::desired::MANAGER)
+        .with_field_manager(appserver_core::desired::MANAGER)
         .build()
         .await
         .map_err(|source| LeaderError::Setup {
@@ -72,7 +79,19 @@ pub async fn acquire(client: Client, config: &LeaseConfig) -> Result<Leadership,
     let (mut state, task) = manager.watch().await;
     info!(lease = %config.name, identity = %config.identity, "waiting to become the leader");
     while !*state.borrow_and_update() {
-        state.changed().await.map_err(|_| LeaderError::Stopped)?;
+        if state.changed().await.is_err() {
+            // The manager's task ended: its result says why.
+            let cause = match task.await {
+                Ok(Err(e)) => crate::error_chain(&e),
+                Ok(Ok(_)) => "it ended without an error".to_string(),
+                Err(e) => format!("its task failed: {e}"),
+            };
+            return Err(LeaderError::Stopped {
+                name: config.name.clone(),
+                namespace: config.namespace.clone(),
+                cause,
+            });
+        }
     }
     info!(lease = %config.name, identity = %config.identity, "became the leader");
     Ok(Leadership { state, task })

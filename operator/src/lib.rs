@@ -1,26 +1,22 @@
-//! appserver-operator: deploys app servers and sizes their workers and threads.
+//! appserver-operator: the imperative shell around `appserver_core`, which decides everything.
+//! This crate reads the world, hands what it read to the core, and writes back what the core
+//! returns (see docs/architecture.md):
 //!
-//! Functional core: [`api`], [`sizing`], [`profile`], [`plan`], [`desired`], [`report`] are pure.
-//! Imperative shell: [`controller`], [`leader`], [`http`], [`telemetry`] and the binary.
+//! - [`controller`]: watch → observe → decide → apply → report, one file per step;
+//! - [`observer`]: Prometheus queries and the pod list, for the tuner;
+//! - [`backlog_exporter`]: the sidecar that serves the listen backlog from procfs;
+//! - [`leader`]: leader election through a Lease;
+//! - [`http`] and [`health`]: `/healthz`, `/readyz` and `/metrics`; [`telemetry`]: the metrics;
+//! - [`cli`]: the commands, one file each (`run`, `crd`, `size`, `simulate`, `backlog-exporter`).
 
-pub mod api;
-pub mod backlog;
+pub mod backlog_exporter;
 pub mod cli;
 pub mod controller;
-pub mod crd;
-pub mod desired;
+mod error_chain;
+pub mod health;
 pub mod http;
 pub mod leader;
-pub mod model;
-pub mod observe;
-pub mod offline;
-pub mod plan;
-pub mod profile;
-pub mod report;
-pub mod signals;
-pub mod sim;
-pub mod simulate;
-pub mod sizing;
+pub mod observer;
 pub mod telemetry;
-pub mod tuner;
-pub mod tuning;
+
+pub use error_chain::error_chain;

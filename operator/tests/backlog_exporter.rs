@@ -6,7 +6,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use appserver_operator::backlog::{self, BacklogConfig, PortStats};
+use appserver_core::backlog::PortStats;
+use appserver_operator::backlog_exporter::{self as backlog, BacklogConfig};
 
 /// Connections opened and left unaccepted.
 const K: u64 = 5;

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use appserver_operator::observe::{ObserveError, Observed, Observer, Signal, Target};
+use appserver_core::observation::{Observed, Signal, Target};
+use appserver_operator::observer::{ObserveError, Observer};
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;

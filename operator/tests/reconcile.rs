@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use appserver_operator::api::AppServer;
+use appserver_core::api::AppServer;
 use appserver_operator::controller::{Context, Error, backoff_delay, error_policy, reconcile};
 use appserver_operator::telemetry::Metrics;
 use http::{Method, Request, Response, StatusCode};
@@ -313,7 +313,11 @@ async fn api_errors_requeue_with_growing_backoff() {
             "{err}"
         );
         assert_eq!(err.category(), "apply");
-        assert!(err.to_string().contains("applying Deployment api"), "{err}");
+        // The error names the AppServer with its namespace.
+        assert!(
+            err.to_string().contains("applying Deployment shop/api: "),
+            "{err}"
+        );
         assert_eq!(
             error_policy(aps.clone(), &err, ctx.clone()),
             Action::requeue(Duration::from_secs(expected))
